@@ -1,0 +1,1 @@
+"""LCEL building blocks: model factories, token counting, the local model, API errors."""

@@ -1,0 +1,159 @@
+"""Model routes: configuration that names an OpenAI-compatible chat model.
+
+A route maps the public model name clients send to a base URL, the upstream
+model name, credentials and generation defaults. ``ModelRegistry`` builds one
+``ChatOpenAI`` per route (so HTTP connections are pooled) and turns the
+upstream's exceptions into the API's errors.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from functools import cached_property
+from typing import Any, Literal
+
+import openai
+from langchain_openai import ChatOpenAI
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from chains.errors import (
+    APIError,
+    ContextLengthExceeded,
+    InvalidRequest,
+    ModelNotFound,
+    ServiceUnavailable,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from chains.tokens import ApproximateTokenCounter, GgufTokenCounter, TokenCounter
+
+
+class ModelRoute(BaseModel):
+    """One chat model the platform serves, as configuration."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, description="the model id clients send")
+    base_url: str = Field(description="OpenAI-compatible base URL, e.g. https://api.openai.com/v1")
+    model: str | None = Field(None, description="upstream model name; defaults to `name`")
+    api_key: SecretStr | None = None
+    api_key_env: str | None = Field(None, description="environment variable holding the key")
+    context_window: int = Field(8192, gt=0)
+    max_output_tokens: int = Field(4096, gt=0, description="cap on max_tokens per request")
+    max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = "max_completion_tokens"
+    timeout: float = Field(60.0, gt=0)
+    max_retries: int = Field(1, ge=0)
+    tokenizer_gguf: str | None = Field(None, description="GGUF file whose vocabulary counts tokens exactly")
+    defaults: dict[str, Any] = Field(default_factory=dict, description="generation defaults")
+    owned_by: str = "genai-platform"
+
+    @property
+    def upstream_model(self) -> str:
+        return self.model or self.name
+
+    def resolve_api_key(self) -> str:
+        if self.api_key is not None:
+            return self.api_key.get_secret_value()
+        if self.api_key_env:
+            return os.environ.get(self.api_key_env, "")
+        # Local servers ignore the key, but the OpenAI client insists on one.
+        return "not-needed"
+
+
+class ChatModel:
+    """A route with its client, ready to call."""
+
+    def __init__(self, route: ModelRoute) -> None:
+        self.route = route
+
+    @cached_property
+    def client(self) -> ChatOpenAI:
+        route = self.route
+        return ChatOpenAI(
+            model=route.upstream_model,
+            base_url=route.base_url,
+            api_key=SecretStr(route.resolve_api_key()),
+            timeout=route.timeout,
+            max_retries=route.max_retries,
+            stream_usage=True,
+        )
+
+    @cached_property
+    def tokens(self) -> TokenCounter:
+        if self.route.tokenizer_gguf:
+            return GgufTokenCounter(self.route.tokenizer_gguf)
+        return ApproximateTokenCounter()
+
+    def call_kwargs(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Merge the route's defaults with the request's parameters for ``ChatOpenAI``.
+
+        ``params`` uses OpenAI's names (``max_tokens``, ``stop``, ...); ``None`` means unset.
+        """
+        merged = {**self.route.defaults, **{k: v for k, v in params.items() if v is not None}}
+        max_tokens = min(int(merged.pop("max_tokens", self.route.max_output_tokens)), self.route.max_output_tokens)
+        extra_body = dict(merged.pop("extra_body", {}) or {})
+        if self.route.max_tokens_field == "max_tokens":
+            # llama.cpp and other older servers ignore `max_completion_tokens`.
+            extra_body["max_tokens"] = max_tokens
+        else:
+            merged["max_completion_tokens"] = max_tokens
+        if extra_body:
+            merged["extra_body"] = extra_body
+        return merged
+
+    def max_tokens_for(self, params: dict[str, Any]) -> int:
+        requested = params.get("max_tokens") or self.route.defaults.get("max_tokens") or self.route.max_output_tokens
+        return min(int(requested), self.route.max_output_tokens)
+
+
+class ModelRegistry:
+    """The configured routes by public name."""
+
+    def __init__(self, routes: Iterable[ModelRoute], default: str | None = None) -> None:
+        self._models = {route.name: ChatModel(route) for route in routes}
+        self.default = default or next(iter(self._models), None)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._models
+
+    def __iter__(self):
+        return iter(self._models.values())
+
+    def get(self, name: str | None) -> ChatModel:
+        name = name or self.default
+        if name is None or name not in self._models:
+            raise ModelNotFound(
+                f"The model `{name}` does not exist or you do not have access to it.",
+                param="model",
+            )
+        return self._models[name]
+
+
+def translate_upstream_error(exc: Exception, route: ModelRoute) -> APIError | None:
+    """Map an exception from the OpenAI client to the API error a client should see."""
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, openai.APITimeoutError):
+        return UpstreamTimeout(f"The model `{route.name}` did not answer within {route.timeout:g} s.")
+    if isinstance(exc, openai.APIConnectionError):
+        return ServiceUnavailable(f"The model `{route.name}` is unavailable: its server cannot be reached.")
+    if isinstance(exc, openai.APIStatusError):
+        detail = _upstream_message(exc)
+        if exc.status_code == 400 and "context" in detail.lower():
+            return ContextLengthExceeded(detail, param="messages")
+        if exc.status_code in (400, 422):
+            return InvalidRequest(f"The model `{route.name}` rejected the request: {detail}")
+        if exc.status_code in (429, 503):
+            return ServiceUnavailable(f"The model `{route.name}` is overloaded, retry later: {detail}")
+        return UpstreamError(f"The model `{route.name}` failed ({exc.status_code}): {detail}")
+    return None
+
+
+def _upstream_message(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        error = body.get("error", body)
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"])[:500]
+    return str(exc.message)[:500]

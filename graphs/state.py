@@ -1,0 +1,35 @@
+"""The chat graph's state: what a caller may send, and what the nodes add."""
+
+from __future__ import annotations
+
+from typing import Any, TypedDict
+
+from langchain_core.messages import AIMessage, BaseMessage
+
+
+class ChatInput(TypedDict, total=False):
+    """What the outside sends: the new messages and how to answer them."""
+
+    messages: list[BaseMessage]
+    model: str | None
+    # An existing conversation's id, "new" to start one, or None for a stateless call.
+    conversation_id: str | None
+    # OpenAI's generation parameters (temperature, max_tokens, stop, ...); None means unset.
+    params: dict[str, Any]
+    stream: bool
+    response_id: str
+    user: str | None
+    started_at: float
+
+
+class ChatState(ChatInput, total=False):
+    model_name: str
+    created_conversation: bool
+    system: list[BaseMessage]
+    history: list[BaseMessage]
+    prompt: list[BaseMessage]
+    prompt_tokens: int
+    answer: AIMessage
+    completion_tokens: int
+    finish_reason: str
+    latency_ms: float

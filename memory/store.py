@@ -1,0 +1,174 @@
+"""The transcript store: conversations, messages and usage in the SQL database.
+
+The database is the source of truth for conversations; Redis memory is a
+cache of it. A turn (the user's messages, the answer, its usage) is written in
+one transaction, so a failed or cancelled call leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from langchain_core.messages import BaseMessage
+from sqlalchemy import delete, select, update
+
+from chains.errors import NotFound
+from memory.db import Database
+from memory.messages import message_role
+from memory.models import Conversation, Message, Usage, now
+
+
+def new_conversation_id() -> str:
+    return f"conv_{uuid.uuid4().hex}"
+
+
+@dataclass
+class TurnRecord:
+    """Everything one chat completion leaves behind."""
+
+    response_id: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    latency_ms: float
+    conversation_id: str | None = None
+    create_conversation: bool = False
+    user: str | None = None
+    new_messages: Sequence[BaseMessage] = ()
+    answer: str = ""
+    finish_reason: str | None = None
+    stream: bool = False
+    status: str = "ok"
+
+
+@dataclass
+class ConversationPage:
+    items: list[Conversation]
+    has_more: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _title_from(messages: Sequence[BaseMessage]) -> str | None:
+    first = next((m.text for m in messages if m.type == "human" and m.text), None)
+    return " ".join(first.split())[:80] if first else None
+
+
+class ConversationStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def create_conversation(
+        self, *, title: str | None = None, user: str | None = None, metadata: dict[str, Any] | None = None
+    ) -> Conversation:
+        conversation = Conversation(
+            id=new_conversation_id(), title=title, user=user, meta=metadata or {}, created_at=now(), updated_at=now()
+        )
+        async with self.db.session() as session, session.begin():
+            session.add(conversation)
+        return conversation
+
+    async def get_conversation(self, conversation_id: str) -> Conversation:
+        async with self.db.session() as session:
+            conversation = await session.get(Conversation, conversation_id)
+        if conversation is None:
+            raise NotFound(f"No conversation found with id '{conversation_id}'.", param="conversation_id")
+        return conversation
+
+    async def list_conversations(
+        self, *, limit: int = 20, after: str | None = None, user: str | None = None
+    ) -> ConversationPage:
+        query = select(Conversation).order_by(Conversation.created_at.desc(), Conversation.id.desc())
+        if user is not None:
+            query = query.where(Conversation.user == user)
+        async with self.db.session() as session:
+            if after is not None:
+                anchor = await session.get(Conversation, after)
+                if anchor is None:
+                    raise NotFound(f"No conversation found with id '{after}'.", param="after")
+                query = query.where(
+                    (Conversation.created_at < anchor.created_at)
+                    | ((Conversation.created_at == anchor.created_at) & (Conversation.id < anchor.id))
+                )
+            rows = list((await session.scalars(query.limit(limit + 1))).all())
+        return ConversationPage(items=rows[:limit], has_more=len(rows) > limit)
+
+    async def delete_conversation(self, conversation_id: str) -> None:
+        async with self.db.session() as session, session.begin():
+            await session.execute(delete(Message).where(Message.conversation_id == conversation_id))
+            result = await session.execute(delete(Conversation).where(Conversation.id == conversation_id))
+        if result.rowcount == 0:
+            raise NotFound(f"No conversation found with id '{conversation_id}'.", param="conversation_id")
+
+    async def messages(self, conversation_id: str, limit: int | None = None) -> list[Message]:
+        """The conversation's messages, oldest first; the newest ``limit`` when given."""
+        query = select(Message).where(Message.conversation_id == conversation_id).order_by(Message.id.desc())
+        if limit is not None:
+            query = query.limit(limit)
+        async with self.db.session() as session:
+            rows = list((await session.scalars(query)).all())
+        rows.reverse()
+        return rows
+
+    async def record_turn(self, turn: TurnRecord) -> bool:
+        """Write the turn and its usage atomically. False when the conversation was deleted meanwhile."""
+        stamp = now()
+        written = True
+        async with self.db.session() as session, session.begin():
+            if turn.create_conversation and turn.conversation_id is not None:
+                session.add(
+                    Conversation(
+                        id=turn.conversation_id,
+                        title=_title_from(turn.new_messages),
+                        user=turn.user,
+                        meta={},
+                        created_at=stamp,
+                        updated_at=stamp,
+                    )
+                )
+                await session.flush()
+            if turn.conversation_id is not None:
+                result = await session.execute(
+                    update(Conversation).where(Conversation.id == turn.conversation_id).values(updated_at=stamp)
+                )
+                written = result.rowcount > 0
+                if written:
+                    session.add_all(
+                        Message(
+                            conversation_id=turn.conversation_id,
+                            role=message_role(message),
+                            content=message.text,
+                            created_at=stamp,
+                        )
+                        for message in turn.new_messages
+                    )
+                    session.add(
+                        Message(
+                            conversation_id=turn.conversation_id,
+                            role="assistant",
+                            content=turn.answer,
+                            response_id=turn.response_id,
+                            model=turn.model,
+                            prompt_tokens=turn.prompt_tokens,
+                            completion_tokens=turn.completion_tokens,
+                            latency_ms=turn.latency_ms,
+                            finish_reason=turn.finish_reason,
+                            created_at=stamp,
+                        )
+                    )
+            session.add(
+                Usage(
+                    created_at=stamp,
+                    response_id=turn.response_id,
+                    conversation_id=turn.conversation_id,
+                    model=turn.model,
+                    prompt_tokens=turn.prompt_tokens,
+                    completion_tokens=turn.completion_tokens,
+                    latency_ms=turn.latency_ms,
+                    stream=turn.stream,
+                    status=turn.status,
+                )
+            )
+        return written

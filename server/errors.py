@@ -1,0 +1,83 @@
+"""Exception handlers: every error leaves the server in OpenAI's shape with its status."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from chains.errors import APIError, InternalError, InvalidRequest, NotFound, PayloadTooLarge
+
+log = logging.getLogger(__name__)
+
+_STATUS_TYPES = {401: "invalid_request_error", 404: "invalid_request_error", 405: "invalid_request_error"}
+
+
+def error_response(error: APIError) -> JSONResponse:
+    return JSONResponse(error.to_dict(), status_code=error.status_code, headers=error.headers or None)
+
+
+def validation_error(exc: RequestValidationError) -> APIError:
+    """The first problem, named the way OpenAI does: a message and the offending parameter."""
+    errors = exc.errors()
+    if not errors:
+        return InvalidRequest("Invalid request body.")
+    first = errors[0]
+    location = [str(part) for part in first.get("loc", ()) if part not in ("body",)]
+    if first.get("type") == "json_invalid":
+        return InvalidRequest(
+            "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your "
+            "HTTP library correctly. The OpenAI API expects a JSON payload.)",
+            code="invalid_json",
+        )
+    param = _param_path(location)
+    message = first.get("msg", "Invalid value")
+    if first.get("type") == "missing":
+        message = f"Missing required parameter: '{param}'."
+        code = "missing_required_parameter"
+    else:
+        message = f"Invalid value for '{param}': {message}." if param else f"{message}."
+        code = "invalid_value"
+    return InvalidRequest(message, param=param or None, code=code)
+
+
+def _param_path(location: list[str]) -> str:
+    path = ""
+    for part in location:
+        if part.isdigit():
+            path += f"[{part}]"
+        elif part.startswith(("function-", "tagged-union", "list[", "str", "constrained")):
+            continue  # pydantic's names for union branches, not the client's field names
+        else:
+            path += f".{part}" if path else part
+    return path
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(validation_error(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 413:
+            error: APIError = PayloadTooLarge("Request body too large for this server.")
+        elif exc.status_code == 404:
+            error = NotFound(f"Unknown request URL: {request.method} {request.url.path}.", code="unknown_url")
+        else:
+            error = APIError(str(exc.detail))
+            error.status_code = exc.status_code
+            error.type = _STATUS_TYPES.get(exc.status_code, "invalid_request_error" if exc.status_code < 500 else "server_error")
+        return error_response(error)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(InternalError("The server had an error while processing your request."))

@@ -1,0 +1,27 @@
+"""GET /v1/models and /v1/models/{id}: the configured model routes."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from chains.models import ChatModel
+from server.deps import ServicesDep
+
+router = APIRouter(prefix="/v1", tags=["models"])
+
+# Routes are configuration, so they have no creation time of their own; use the server's start.
+_CREATED = 1_700_000_000
+
+
+def model_object(chat: ChatModel) -> dict:
+    return {"id": chat.route.name, "object": "model", "created": _CREATED, "owned_by": chat.route.owned_by}
+
+
+@router.get("/models")
+async def list_models(services: ServicesDep) -> dict:
+    return {"object": "list", "data": [model_object(chat) for chat in services.models]}
+
+
+@router.get("/models/{model_id:path}")
+async def retrieve_model(model_id: str, services: ServicesDep) -> dict:
+    return model_object(services.models.get(model_id))

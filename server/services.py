@@ -1,0 +1,83 @@
+"""The objects a running app wires together: database, memory, model routes, graphs.
+
+Built synchronously by the app factory (nothing connects yet), opened and
+closed by the app's lifespan. Tests build as many as they like.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import httpx
+from redis.asyncio import Redis
+
+from chains.models import ModelRegistry
+from graphs.chat import ChatDeps, build_chat_graph
+from memory import ConversationStore, Database, RedisMemory, SqlMemory
+from memory.history import ConversationMemory
+from server.settings import Settings
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    store: ConversationStore
+    memory: ConversationMemory
+    models: ModelRegistry
+    redis: Redis | None = None
+    chat_graph: object = field(default=None)
+
+    @classmethod
+    def build(cls, settings: Settings) -> Services:
+        db = Database(settings.resolved_database_url)
+        store = ConversationStore(db)
+        redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
+        memory: ConversationMemory
+        if redis is not None:
+            memory = RedisMemory(
+                redis, store, ttl_seconds=settings.memory_ttl_seconds, max_messages=settings.memory_max_messages
+            )
+        else:
+            memory = SqlMemory(store, max_messages=settings.memory_max_messages)
+        models = ModelRegistry(settings.routes(), default=settings.resolved_default_model)
+        services = cls(settings=settings, db=db, store=store, memory=memory, models=models, redis=redis)
+        services.chat_graph = build_chat_graph(
+            ChatDeps(
+                models=models,
+                store=store,
+                memory=memory,
+                system_prompt=settings.system_prompt,
+                memory_max_tokens=settings.memory_max_tokens,
+            )
+        )
+        return services
+
+    async def open(self) -> None:
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        await self.db.create_schema()
+
+    async def close(self) -> None:
+        if self.redis is not None:
+            await self.redis.aclose()
+        await self.db.close()
+
+    async def readiness(self) -> dict[str, str]:
+        """Each dependency's state: "ok" or why not."""
+        checks = {"database": self.db.ping()}
+        if self.redis is not None:
+            checks["redis"] = self.redis.ping()
+        async with httpx.AsyncClient(timeout=3) as client:
+            for chat in self.models:
+                checks[f"model:{chat.route.name}"] = _probe_model(client, chat.route.base_url, chat.route.resolve_api_key())
+            results = await asyncio.gather(*checks.values(), return_exceptions=True)
+        return {
+            name: "ok" if not isinstance(result, BaseException) else f"{type(result).__name__}: {result}"[:200]
+            for name, result in zip(checks, results)
+        }
+
+
+async def _probe_model(client: httpx.AsyncClient, base_url: str, api_key: str) -> None:
+    response = await client.get(f"{base_url.rstrip('/')}/models", headers={"Authorization": f"Bearer {api_key}"})
+    response.raise_for_status()

@@ -1,0 +1,89 @@
+"""One settings object for the whole platform (env prefix ``GENAI_``, ``.env`` supported).
+
+With no settings at all the platform runs on embedded defaults: the local
+llama.cpp model, SQLite in the data directory, memory in SQL.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from chains.local_model import LOCAL_MODEL_NAME, local_route
+from chains.models import ModelRoute
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GENAI_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(Path("data"), description="every file the platform writes lives here")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(1, ge=1)
+    log_level: str = "info"
+
+    database_url: str | None = Field(None, description="SQLAlchemy async URL; SQLite in data_dir when unset")
+    redis_url: str | None = Field(None, description="Redis for conversation memory; SQL memory when unset")
+    memory_ttl_seconds: int = Field(7 * 86400, gt=0)
+    memory_max_tokens: int = Field(2048, gt=0, description="token budget of the history a model sees")
+    memory_max_messages: int = Field(200, gt=0)
+
+    config_file: Path | None = Field(None, description="YAML file with model_routes and other settings")
+    model_routes: list[ModelRoute] = Field(default_factory=list)
+    default_model: str | None = None
+    system_prompt: str | None = Field(None, description="used when a request has no system message")
+
+    local_model_url: str | None = Field(None, description="base URL of a running local llama.cpp server")
+    local_model_path: Path | None = Field(None, description="GGUF path; assembled into data_dir/models when unset")
+    local_model_threads: int = Field(2, ge=1)
+    local_model_context: int = Field(4096, ge=256)
+    local_model_startup_timeout: float = Field(180.0, gt=0)
+
+    max_body_bytes: int = Field(1024 * 1024, gt=0)
+    admin_key: SecretStr | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_config_file(cls, data: Any) -> Any:
+        """Values from the YAML file, below those given by environment or arguments."""
+        if not isinstance(data, dict):
+            return data
+        path = data.get("config_file")
+        if not path:
+            return data
+        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: expected a mapping of settings at the top level")
+        return {**loaded, **data}
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'genai.db'}"
+
+    @property
+    def resolved_local_model_path(self) -> Path:
+        return self.local_model_path or self.data_dir / "models" / "gemma-3-270m-q4_k_m.gguf"
+
+    @property
+    def uses_local_model(self) -> bool:
+        """True when no routes are configured: the embedded llama.cpp model serves chat."""
+        return not self.model_routes
+
+    def routes(self) -> list[ModelRoute]:
+        if self.model_routes:
+            return list(self.model_routes)
+        return [
+            local_route(
+                base_url=self.local_model_url or "http://127.0.0.1:0/v1",
+                gguf_path=str(self.resolved_local_model_path),
+                context_window=self.local_model_context,
+            )
+        ]
+
+    @property
+    def resolved_default_model(self) -> str:
+        return self.default_model or (self.model_routes[0].name if self.model_routes else LOCAL_MODEL_NAME)

@@ -1,0 +1,147 @@
+"""Shared fixtures: the real llama.cpp model server, Redis, PostgreSQL, and live app servers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import uvicorn
+
+from chains.local_model import LocalModelServer, free_port
+from server.app import create_app
+from server.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL_PATH = ROOT / ".cache" / "models" / "gemma-3-270m-q4_k_m.gguf"
+REDIS_URL = os.environ.get("GENAI_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+POSTGRES_ADMIN_URL = os.environ.get("GENAI_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture(scope="session")
+def llama() -> Iterator[LocalModelServer]:
+    """One llama.cpp server with the Gemma model for the whole test session."""
+    server = LocalModelServer(MODEL_PATH, context_window=2048, threads=2, log_path=ROOT / ".cache" / "llama-test.log")
+    with server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    client.ping()
+    client.flushdb()
+    client.close()
+    return REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this session, dropped afterwards."""
+    import asyncpg
+
+    name = f"genai_test_{uuid.uuid4().hex[:10]}"
+
+    async def admin(statement: str) -> None:
+        conn = await asyncpg.connect(POSTGRES_ADMIN_URL)
+        try:
+            await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+    yield f"{base}/{name}"
+    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, llama: LocalModelServer) -> Callable[..., Settings]:
+    """Settings on the embedded defaults, in a fresh data directory, against the session's model."""
+
+    def make(**overrides) -> Settings:
+        values = {
+            "data_dir": tmp_path / "data",
+            "local_model_url": llama.base_url,
+            "local_model_path": MODEL_PATH,
+            "local_model_context": llama.context_window,
+        }
+        values.update(overrides)
+        return Settings(_env_file=None, **values)
+
+    return make
+
+
+class LiveServer:
+    """The app under uvicorn in a thread, on a free loopback port."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.app = create_app(settings)
+        self.port = free_port()
+        self.server = uvicorn.Server(
+            uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        )
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def services(self):
+        return self.app.state.services
+
+    def start(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+
+    def openai(self, **kwargs) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=0, **kwargs)
+
+    def http(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=60)
+
+
+@pytest.fixture
+def live_server(make_settings) -> Iterator[Callable[..., LiveServer]]:
+    """Start as many live servers as a test wants; each stops at the end of the test."""
+    started: list[LiveServer] = []
+
+    def start(settings: Settings | None = None, **overrides) -> LiveServer:
+        server = LiveServer(settings or make_settings(**overrides)).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def server(live_server) -> LiveServer:
+    """A live server on the embedded defaults (SQL memory)."""
+    return live_server()
+
+
+@pytest.fixture
+def redis_server(live_server, redis_url) -> LiveServer:
+    """A live server with Redis memory."""
+    return live_server(redis_url=redis_url)
