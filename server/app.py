@@ -10,6 +10,7 @@ from langserve import add_routes
 
 from graphs.chat_runnable import as_chat_runnable
 from server.errors import install_error_handlers
+from server.limits import BodySizeLimit
 from server.routes import chat, conversations, health, models
 from server.services import Services
 from server.settings import Settings
@@ -27,14 +28,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         await services.close()
 
-    app = FastAPI(
-        title="genai-platform", version="0.1.0", lifespan=lifespan, max_body_size=settings.max_body_bytes
-    )
+    app = FastAPI(title="genai-platform", version="0.1.0", lifespan=lifespan)
     app.state.services = services
     install_error_handlers(app)
     for module in (health, models, chat, conversations):
         app.include_router(module.router)
     mount_langserve(app, services)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app
 
 

@@ -44,12 +44,15 @@ def validation_error(exc: RequestValidationError) -> APIError:
     return InvalidRequest(message, param=param or None, code=code)
 
 
+_UNION_BRANCHES = {"str", "int", "float", "bool", "none", "dict", "list"}
+
+
 def _param_path(location: list[str]) -> str:
     path = ""
     for part in location:
         if part.isdigit():
             path += f"[{part}]"
-        elif part.startswith(("function-", "tagged-union", "list[", "str", "constrained")):
+        elif part in _UNION_BRANCHES or "[" in part or part.startswith(("function-", "tagged-union", "constrained-")):
             continue  # pydantic's names for union branches, not the client's field names
         else:
             path += f".{part}" if path else part
