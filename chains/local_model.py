@@ -106,6 +106,9 @@ class LocalModelServer:
             "--n_threads", str(self.threads),
             "--n_threads_batch", str(self.threads),
             "--verbose", "False",
+            # The stock server cuts a streaming answer short when another request arrives;
+            # a shared platform must queue them instead.
+            "--interrupt_requests", "False",
         ]  # fmt: skip
 
     def start(self) -> LocalModelServer:

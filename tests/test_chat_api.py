@@ -139,3 +139,25 @@ def test_health_and_readiness(server):
     ready = http.get("/readyz")
     assert ready.status_code == 200
     assert ready.json()["checks"] == {"database": "ok", "model:gemma-3-270m": "ok"}
+
+
+def test_concurrent_requests_each_get_a_whole_answer(server):
+    """llama.cpp's stock server interrupts a running answer when another arrives; ours must queue them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = server.openai()
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        streams = [True, False, True]
+        futures = [
+            pool.submit(
+                lambda stream: ask(client, "What is the capital of France?", max_tokens=16, temperature=0, stream=stream),
+                stream,
+            )
+            for stream in streams
+        ]
+        results = [f.result() for f in futures]
+    texts = [
+        "".join(c.choices[0].delta.content or "" for c in r if c.choices) if stream else r.choices[0].message.content
+        for r, stream in zip(results, streams)
+    ]
+    assert all("Paris" in text for text in texts), texts

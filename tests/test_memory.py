@@ -1,0 +1,414 @@
+"""Conversation memory against real Redis and a real SQLite database, and the chat graph's memory window.
+
+The graph tests swap the route's ChatOpenAI for langchain-core's fake chat model
+(recording what it receives); everything else is real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from pydantic import Field
+from redis.asyncio import Redis
+from sqlalchemy import func, select
+
+from chains.errors import ContextLengthExceeded, NotFound
+from chains.models import ModelRegistry, ModelRoute
+from graphs.chat import ChatDeps, build_chat_graph
+from memory import ConversationStore, Database, RedisMemory, SqlMemory, TurnRecord
+from memory.models import Message, Usage
+from server.services import Services
+from server.settings import Settings
+
+# ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Database]:
+    database = Database(f"sqlite+aiosqlite:///{tmp_path / 'memory.db'}")
+    await database.create_schema()
+    yield database
+    await database.close()
+
+
+@pytest.fixture
+def store(db: Database) -> ConversationStore:
+    return ConversationStore(db)
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def prefix(request) -> str:
+    """A key prefix of the test's own, so tests never see each other's lists."""
+    return f"genai:test:{request.node.name}:{id(request)}:"
+
+
+def records(raw: list[bytes]) -> list[tuple[str, str]]:
+    return [(item["role"], item["content"]) for item in map(orjson.loads, raw)]
+
+
+def pairs(messages: list[BaseMessage]) -> list[tuple[str, str]]:
+    return [(m.type, m.text) for m in messages]
+
+
+async def record(store: ConversationStore, conversation_id: str, question: str, answer: str, **kwargs) -> bool:
+    return await store.record_turn(
+        TurnRecord(
+            response_id=f"chatcmpl-{question}",
+            model="fake",
+            prompt_tokens=1,
+            completion_tokens=1,
+            latency_ms=1.0,
+            conversation_id=conversation_id,
+            new_messages=[HumanMessage(content=question)],
+            answer=answer,
+            **kwargs,
+        )
+    )
+
+
+async def conversation_with_turns(store: ConversationStore, turns: int) -> str:
+    conversation = await store.create_conversation(title="memory test")
+    for n in range(1, turns + 1):
+        assert await record(store, conversation.id, f"q{n}", f"a{n}")
+    return conversation.id
+
+
+def expected(turns: range) -> list[tuple[str, str]]:
+    return [pair for n in turns for pair in (("human", f"q{n}"), ("ai", f"a{n}"))]
+
+
+# ---------------------------------------------------------------- RedisMemory
+
+
+async def test_redis_load_fills_the_list_with_ttl_from_settings(tmp_path, redis_url, redis):
+    settings = Settings(_env_file=None, data_dir=tmp_path / "data", redis_url=redis_url, memory_ttl_seconds=321)
+    services = Services.build(settings)
+    await services.open()
+    try:
+        memory = services.memory
+        assert isinstance(memory, RedisMemory)
+        assert memory.ttl_seconds == 321
+        conversation_id = await conversation_with_turns(services.store, 2)
+
+        loaded = await memory.load(conversation_id)
+        assert pairs(loaded) == expected(range(1, 3))
+        key = memory.key(conversation_id)
+        assert records(await redis.lrange(key, 0, -1)) == [
+            ("user", "q1"), ("assistant", "a1"), ("user", "q2"), ("assistant", "a2"),
+        ]
+        assert 315 <= await redis.ttl(key) <= 321
+
+        # A load served from Redis refreshes the TTL.
+        await redis.expire(key, 10)
+        assert pairs(await memory.load(conversation_id)) == expected(range(1, 3))
+        assert 315 <= await redis.ttl(key) <= 321
+        await memory.forget(conversation_id)
+    finally:
+        await services.close()
+
+
+async def test_redis_append_extends_a_live_list(store, redis, prefix):
+    memory = RedisMemory(redis, store, ttl_seconds=600, prefix=prefix)
+    conversation_id = await conversation_with_turns(store, 1)
+    await memory.load(conversation_id)
+
+    assert await record(store, conversation_id, "q2", "a2")
+    await memory.append(conversation_id, [HumanMessage(content="q2"), AIMessage(content="a2")])
+
+    key = memory.key(conversation_id)
+    assert records(await redis.lrange(key, 0, -1)) == [
+        ("user", "q1"), ("assistant", "a1"), ("user", "q2"), ("assistant", "a2"),
+    ]
+    assert 590 <= await redis.ttl(key) <= 600
+    assert pairs(await memory.load(conversation_id)) == expected(range(1, 3))
+    await memory.forget(conversation_id)
+
+
+async def test_redis_list_expires_and_is_rebuilt_from_the_database(store, redis, prefix):
+    memory = RedisMemory(redis, store, ttl_seconds=1, prefix=prefix)
+    conversation_id = await conversation_with_turns(store, 3)
+    key = memory.key(conversation_id)
+
+    first = await memory.load(conversation_id)
+    assert pairs(first) == expected(range(1, 4))
+    assert await redis.exists(key) == 1
+
+    await asyncio.sleep(1.6)
+    assert await redis.exists(key) == 0  # Redis expired it
+
+    rebuilt = await memory.load(conversation_id)
+    assert pairs(rebuilt) == pairs(first)
+    assert records(await redis.lrange(key, 0, -1)) == [
+        ("user" if t == "human" else "assistant", text) for t, text in pairs(first)
+    ]
+    await memory.forget(conversation_id)
+
+
+async def test_redis_append_after_expiry_leaves_no_partial_list(store, redis, prefix):
+    memory = RedisMemory(redis, store, ttl_seconds=600, prefix=prefix)
+    conversation_id = await conversation_with_turns(store, 2)
+    key = memory.key(conversation_id)
+    await memory.load(conversation_id)
+    await redis.delete(key)  # as if it had expired
+
+    # The next turn is committed, then appended: RPUSHX must not start a list holding only this turn.
+    assert await record(store, conversation_id, "q3", "a3")
+    await memory.append(conversation_id, [HumanMessage(content="q3"), AIMessage(content="a3")])
+    assert await redis.exists(key) == 0
+
+    loaded = await memory.load(conversation_id)
+    assert pairs(loaded) == expected(range(1, 4))
+    assert len(await redis.lrange(key, 0, -1)) == 6
+    await memory.forget(conversation_id)
+
+
+async def test_redis_forget_removes_the_list(store, redis, prefix):
+    memory = RedisMemory(redis, store, prefix=prefix)
+    conversation_id = await conversation_with_turns(store, 1)
+    await memory.load(conversation_id)
+    assert await redis.exists(memory.key(conversation_id)) == 1
+
+    await memory.forget(conversation_id)
+    assert await redis.exists(memory.key(conversation_id)) == 0
+    await memory.forget(conversation_id)  # forgetting twice is fine
+
+
+async def test_redis_max_messages_caps_the_list(store, redis, prefix):
+    memory = RedisMemory(redis, store, max_messages=4, prefix=prefix)
+    conversation_id = await conversation_with_turns(store, 3)
+    key = memory.key(conversation_id)
+
+    # Rebuilt from the database: only the newest four.
+    assert pairs(await memory.load(conversation_id)) == expected(range(2, 4))
+    assert await redis.llen(key) == 4
+
+    # Appending trims from the old end.
+    assert await record(store, conversation_id, "q4", "a4")
+    await memory.append(conversation_id, [HumanMessage(content="q4"), AIMessage(content="a4")])
+    assert await redis.llen(key) == 4
+    assert records(await redis.lrange(key, 0, -1)) == [
+        ("user", "q3"), ("assistant", "a3"), ("user", "q4"), ("assistant", "a4"),
+    ]
+    assert pairs(await memory.load(conversation_id)) == expected(range(3, 5))
+
+    # A longer list than max_messages (e.g. written with a larger cap) is still read capped.
+    await redis.lpush(key, orjson.dumps({"role": "user", "content": "old"}))
+    assert pairs(await memory.load(conversation_id)) == expected(range(3, 5))
+    await memory.forget(conversation_id)
+
+
+async def test_redis_load_of_an_empty_conversation_writes_nothing(store, redis, prefix):
+    memory = RedisMemory(redis, store, prefix=prefix)
+    conversation = await store.create_conversation()
+    assert await memory.load(conversation.id) == []
+    assert await redis.exists(memory.key(conversation.id)) == 0
+    await memory.append(conversation.id, [])
+    assert await redis.exists(memory.key(conversation.id)) == 0
+
+
+@pytest.mark.parametrize("cap", [3, 4, 100])
+async def test_sql_memory_and_redis_memory_load_the_same_history(store, redis, prefix, cap):
+    conversation_id = await conversation_with_turns(store, 3)
+    sql = SqlMemory(store, max_messages=cap)
+    cached = RedisMemory(redis, store, max_messages=cap, prefix=prefix)
+
+    from_sql = await sql.load(conversation_id)
+    assert pairs(from_sql) == expected(range(1, 4))[-cap:]
+    assert [type(m) for m in await cached.load(conversation_id)] == [type(m) for m in from_sql]  # rebuilt
+    assert pairs(await cached.load(conversation_id)) == pairs(from_sql)  # from the list
+    await sql.ping()
+    await cached.ping()
+    await cached.forget(conversation_id)
+
+
+async def test_sql_memory_of_unknown_conversation_is_empty(store):
+    assert await SqlMemory(store).load("conv_missing") == []
+
+
+# ---------------------------------------------------------------- the chat graph's memory window
+
+
+class RecordingChatModel(FakeMessagesListChatModel):
+    """A fake chat model that keeps every prompt it was given."""
+
+    received: list[list[BaseMessage]] = Field(default_factory=list)
+
+    def _generate(self, messages, stop=None, run_manager=None, **kwargs: Any):
+        self.received.append(list(messages))
+        return super()._generate(messages, stop=stop, run_manager=run_manager, **kwargs)
+
+
+def fake_registry(context_window: int = 4096, max_output_tokens: int = 64) -> tuple[ModelRegistry, RecordingChatModel]:
+    route = ModelRoute(
+        name="fake",
+        base_url="http://127.0.0.1:9/v1",  # never called: the client is replaced
+        context_window=context_window,
+        max_output_tokens=max_output_tokens,
+    )
+    registry = ModelRegistry([route])
+    fake = RecordingChatModel(responses=[AIMessage(content="fake answer")])
+    registry.get("fake").__dict__["client"] = fake
+    return registry, fake
+
+
+def padded(label: str, tokens: int) -> str:
+    """A text the approximate counter (3 bytes a token) counts as exactly ``tokens``."""
+    return label.ljust(tokens * 3, ".")
+
+
+# With the approximate counter each message is its tokens plus 4 of overhead; 10-token texts make 14.
+TEXT_TOKENS = 10
+MESSAGE_TOKENS = TEXT_TOKENS + 4
+
+
+async def history_conversation(store: ConversationStore, turns: int) -> str:
+    conversation = await store.create_conversation()
+    for n in range(1, turns + 1):
+        assert await record(store, conversation.id, padded(f"q{n}", TEXT_TOKENS), padded(f"a{n}", TEXT_TOKENS))
+    return conversation.id
+
+
+def labels(messages: list[BaseMessage]) -> list[str]:
+    return [m.text.rstrip(".") for m in messages]
+
+
+@pytest.mark.parametrize(
+    ("max_tokens", "kept"),
+    [
+        (10_000, ["q1", "a1", "q2", "a2", "q3", "a3"]),
+        (4 * MESSAGE_TOKENS, ["q2", "a2", "q3", "a3"]),
+        # Three messages would fit (a2, q3, a3), but the window starts on a user message.
+        (3 * MESSAGE_TOKENS + 5, ["q3", "a3"]),
+        (2 * MESSAGE_TOKENS, ["q3", "a3"]),
+        # Only the newest answer fits: no user message to start on, so no history.
+        (MESSAGE_TOKENS, []),
+    ],
+)
+@pytest.mark.parametrize("memory_kind", ["sql", "redis"])
+async def test_load_memory_keeps_the_newest_turns_within_memory_max_tokens(
+    store, redis, prefix, memory_kind, max_tokens, kept
+):
+    conversation_id = await history_conversation(store, 3)
+    memory = SqlMemory(store) if memory_kind == "sql" else RedisMemory(redis, store, prefix=prefix)
+    registry, fake = fake_registry()
+    graph = build_chat_graph(
+        ChatDeps(models=registry, store=store, memory=memory, system_prompt="Be brief.", memory_max_tokens=max_tokens)
+    )
+
+    new = padded("q4", TEXT_TOKENS)
+    result = await graph.ainvoke(
+        {"messages": [HumanMessage(content=new)], "model": "fake", "conversation_id": conversation_id, "params": {}}
+    )
+
+    [prompt] = fake.received
+    assert isinstance(prompt[0], SystemMessage) and prompt[0].text == "Be brief."
+    assert labels(prompt[1:-1]) == kept
+    assert [m.type for m in prompt[1:-1]] == ["human", "ai"] * (len(kept) // 2)
+    assert prompt[-1].type == "human" and prompt[-1].text == new
+    assert labels(result["history"]) == kept
+    # The system prompt "Be brief." is 3 tokens, each other message 14.
+    assert result["prompt_tokens"] == (3 + 4) + MESSAGE_TOKENS * (len(kept) + 1)
+    assert result["answer"].text == "fake answer"
+
+    # The turn was stored after the history.
+    rows = await store.messages(conversation_id)
+    assert [r.role for r in rows[-2:]] == ["user", "assistant"]
+    assert [r.content for r in rows[-2:]] == [new, "fake answer"]
+    await memory.forget(conversation_id)
+
+
+async def test_load_memory_window_is_bounded_by_the_room_left_in_the_context(store):
+    conversation_id = await history_conversation(store, 3)
+    # 100 tokens of context, 40 kept for the answer, 14 for the new message: 46 left, three messages' worth,
+    # less than memory_max_tokens.
+    registry, fake = fake_registry(context_window=100, max_output_tokens=40)
+    graph = build_chat_graph(
+        ChatDeps(models=registry, store=store, memory=SqlMemory(store), memory_max_tokens=10_000)
+    )
+    await graph.ainvoke(
+        {"messages": [HumanMessage(content=padded("q4", TEXT_TOKENS))], "conversation_id": conversation_id}
+    )
+    [prompt] = fake.received
+    assert labels(prompt) == ["q3", "a3", "q4"]  # no system prompt configured
+
+
+async def test_redis_list_holds_the_turns_the_graph_ran(store, redis, prefix):
+    memory = RedisMemory(redis, store, ttl_seconds=600, prefix=prefix)
+    registry, fake = fake_registry()
+    graph = build_chat_graph(ChatDeps(models=registry, store=store, memory=memory))
+
+    first = await graph.ainvoke({"messages": [HumanMessage(content="hello")], "conversation_id": "new"})
+    conversation_id = first["conversation_id"]
+    assert conversation_id.startswith("conv_") and first["created_conversation"] is True
+    second = await graph.ainvoke({"messages": [HumanMessage(content="again")], "conversation_id": conversation_id})
+
+    # The second prompt carried the first turn.
+    assert pairs(fake.received[1]) == [("human", "hello"), ("ai", "fake answer"), ("human", "again")]
+    assert second["conversation_id"] == conversation_id
+    key = memory.key(conversation_id)
+    assert records(await redis.lrange(key, 0, -1)) == [
+        ("user", "hello"), ("assistant", "fake answer"), ("user", "again"), ("assistant", "fake answer"),
+    ]
+    assert 590 <= await redis.ttl(key) <= 600
+    assert pairs(await memory.load(conversation_id)) == pairs(await SqlMemory(store).load(conversation_id))
+    await memory.forget(conversation_id)
+
+
+async def test_graph_on_unknown_conversation_is_not_found_before_the_model(store):
+    registry, fake = fake_registry()
+    graph = build_chat_graph(ChatDeps(models=registry, store=store, memory=SqlMemory(store)))
+    with pytest.raises(NotFound) as info:
+        await graph.ainvoke({"messages": [HumanMessage(content="hi")], "conversation_id": "conv_missing"})
+    assert info.value.param == "conversation_id"
+    assert fake.received == []
+
+
+# ---------------------------------------------------------------- the context-length check
+
+
+async def count(db: Database, model) -> int:
+    async with db.session() as session:
+        return await session.scalar(select(func.count()).select_from(model))
+
+
+async def test_context_length_exceeded_when_messages_and_max_tokens_overflow_the_window(db, store):
+    # 100 tokens of context minus 40 for the answer leaves 60 for the messages.
+    registry, fake = fake_registry(context_window=100, max_output_tokens=40)
+    graph = build_chat_graph(ChatDeps(models=registry, store=store, memory=SqlMemory(store), system_prompt="S"))
+
+    fits = [HumanMessage(content=padded("fits", 60 - 4 - (1 + 4)))]  # system "S" is 1 + 4
+    await graph.ainvoke({"messages": fits, "params": {}})
+    assert len(fake.received) == 1
+
+    too_long = [HumanMessage(content=padded("long", 60 - 4 - (1 + 4) + 1))]
+    with pytest.raises(ContextLengthExceeded) as info:
+        await graph.ainvoke({"messages": too_long, "conversation_id": "new"})
+    error = info.value
+    assert error.status_code == 400 and error.code == "context_length_exceeded" and error.param == "messages"
+    assert "maximum context length is 100 tokens" in error.message
+    assert "requested 101 tokens (61 in the messages, 40 in the completion)" in error.message
+    assert len(fake.received) == 1  # the model was not called
+    assert await count(db, Message) == 0 and await count(db, Usage) == 1  # only the first, stateless turn
+
+    # A smaller max_tokens leaves room for the same messages.
+    result = await graph.ainvoke({"messages": too_long, "params": {"max_tokens": 39}})
+    assert result["prompt_tokens"] == 61
+    assert len(fake.received) == 2
+
+    # max_tokens above the route's cap is capped before the check.
+    with pytest.raises(ContextLengthExceeded):
+        await graph.ainvoke({"messages": too_long, "params": {"max_tokens": 1000}})
