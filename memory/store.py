@@ -7,6 +7,7 @@ one transaction, so a failed or cancelled call leaves nothing half-written.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,7 +23,9 @@ from memory.models import Conversation, Message, Usage, now
 
 
 def new_conversation_id() -> str:
-    return f"conv_{uuid.uuid4().hex}"
+    # Time-ordered (nanoseconds, then random): lists sort by (created_at, id), and created_at has
+    # whole seconds, so the id must order conversations created within the same second.
+    return f"conv_{time.time_ns():016x}{uuid.uuid4().hex[:16]}"
 
 
 @dataclass
