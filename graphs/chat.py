@@ -19,7 +19,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, StateGraph
 
-from chains.errors import ContextLengthExceeded, InvalidRequest
+from chains.errors import ContextLengthExceeded, InvalidRequest, ModelNotFound
 from chains.models import ModelRegistry, translate_upstream_error
 from graphs.state import ChatInput, ChatState
 from memory.history import ConversationMemory
@@ -51,18 +51,27 @@ def build_chat_graph(deps: ChatDeps):
         if not any(m.type == "human" for m in messages) and not state.get("conversation_id"):
             raise InvalidRequest("`messages` must contain a user message.", param="messages")
         chat = deps.models.get(state.get("model"))
+        allowed = state.get("allowed_models")
+        if allowed is not None and chat.route.name not in allowed:
+            raise ModelNotFound(
+                f"The model `{chat.route.name}` does not exist or you do not have access to it.", param="model"
+            )
         params = state.get("params") or {}
+        app_id = state.get("app_id") or _configured(config, "app_id")
+        if not app_id:
+            raise InvalidRequest("The request has no app: call with an app's API key.")
 
         conversation_id = state.get("conversation_id") or _configured(config, "conversation_id")
         created = conversation_id == "new"
         if created:
             conversation_id = new_conversation_id()
         elif conversation_id:
-            await deps.store.get_conversation(conversation_id)  # 404 before any work
+            await deps.store.get_conversation(conversation_id, app_id=app_id, user=state.get("user"))
 
         system = [m for m in messages if m.type == "system"]
-        if not system and deps.system_prompt:
-            system = [SystemMessage(content=deps.system_prompt)]
+        default_prompt = state.get("app_system_prompt") or deps.system_prompt
+        if not system and default_prompt:
+            system = [SystemMessage(content=default_prompt)]
         turn = [m for m in messages if m.type != "system"]
         if not turn:
             raise InvalidRequest("`messages` must contain a user message.", param="messages")
@@ -81,6 +90,7 @@ def build_chat_graph(deps: ChatDeps):
             "system": system,
             "model_name": chat.route.name,
             "conversation_id": conversation_id,
+            "app_id": app_id,
             "created_conversation": created,
             "prompt_tokens": prompt_tokens,
             "response_id": state.get("response_id") or new_response_id(),
@@ -146,6 +156,8 @@ def build_chat_graph(deps: ChatDeps):
         conversation_id = state.get("conversation_id")
         turn = TurnRecord(
             response_id=state["response_id"],
+            app_id=state["app_id"],
+            key_prefix=state.get("key_prefix"),
             model=state["model_name"],
             prompt_tokens=state["prompt_tokens"],
             completion_tokens=state["completion_tokens"],

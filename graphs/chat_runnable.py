@@ -35,6 +35,7 @@ def as_chat_runnable(graph) -> Runnable:
             "conversation_id": configurable.get("conversation_id"),
             "stream": True,
             "response_id": f"chatcmpl-{uuid.uuid4().hex}",
+            **{key: configurable.get(key) for key in ("app_id", "key_prefix", "app_system_prompt", "allowed_models")},
         }
         info: dict[str, Any] = {}
         async for mode, chunk in graph.astream(state, config, stream_mode=["custom", "updates"]):

@@ -20,6 +20,11 @@ class ChatInput(TypedDict, total=False):
     response_id: str
     user: str | None
     started_at: float
+    # The calling app: its data scope, its default system prompt and the routes it may use.
+    app_id: str
+    key_prefix: str | None
+    app_system_prompt: str | None
+    allowed_models: list[str] | None
 
 
 class ChatState(ChatInput, total=False):

@@ -1,4 +1,7 @@
-"""Tables: conversations, their messages, and a usage record per request."""
+"""Tables: client apps and their API keys; conversations, their messages, and a usage record per request.
+
+Every stored thing carries the ``app_id`` it belongs to; queries filter on it.
+"""
 
 from __future__ import annotations
 
@@ -17,10 +20,44 @@ class Base(DeclarativeBase):
     pass
 
 
+class App(Base):
+    """A client app: a tenant with its own keys, limits, defaults and data."""
+
+    __tablename__ = "apps"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    system_prompt: Mapped[str | None] = mapped_column(Text)
+    # Model route names the app may use; None means every configured route.
+    allowed_models: Mapped[list[str] | None] = mapped_column(JSON)
+    rpm: Mapped[int | None] = mapped_column(Integer)
+    tpm: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[int] = mapped_column(Integer, default=now)
+
+
+class ApiKey(Base):
+    """An API key, stored only as a hash; ``prefix`` identifies it in lists and logs."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    app_id: Mapped[str | None] = mapped_column(String(64), ForeignKey("apps.id", ondelete="CASCADE"), index=True)
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    name: Mapped[str | None] = mapped_column(String(128))
+    prefix: Mapped[str] = mapped_column(String(32), unique=True)
+    hash: Mapped[str] = mapped_column(String(64), unique=True)
+    rpm: Mapped[int | None] = mapped_column(Integer)
+    tpm: Mapped[int | None] = mapped_column(Integer)
+    expires_at: Mapped[int | None] = mapped_column(Integer)
+    revoked_at: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[int] = mapped_column(Integer, default=now)
+
+
 class Conversation(Base):
     __tablename__ = "conversations"
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    app_id: Mapped[str] = mapped_column(String(64), index=True)
     title: Mapped[str | None] = mapped_column(String(256))
     user: Mapped[str | None] = mapped_column(String(256), index=True)
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
@@ -51,6 +88,9 @@ class Usage(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     created_at: Mapped[int] = mapped_column(Integer, default=now, index=True)
+    app_id: Mapped[str] = mapped_column(String(64), index=True)
+    key_prefix: Mapped[str | None] = mapped_column(String(32))
+    user: Mapped[str | None] = mapped_column(String(256))
     response_id: Mapped[str] = mapped_column(String(64), index=True)
     conversation_id: Mapped[str | None] = mapped_column(String(64))
     model: Mapped[str] = mapped_column(String(128))

@@ -33,6 +33,7 @@ class TurnRecord:
     """Everything one chat completion leaves behind."""
 
     response_id: str
+    app_id: str
     model: str
     prompt_tokens: int
     completion_tokens: int
@@ -45,6 +46,8 @@ class TurnRecord:
     finish_reason: str | None = None
     stream: bool = False
     status: str = "ok"
+    key_prefix: str | None = None
+    cached: bool = False
 
 
 @dataclass
@@ -64,32 +67,46 @@ class ConversationStore:
         self.db = db
 
     async def create_conversation(
-        self, *, title: str | None = None, user: str | None = None, metadata: dict[str, Any] | None = None
+        self,
+        *,
+        app_id: str,
+        title: str | None = None,
+        user: str | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> Conversation:
         conversation = Conversation(
-            id=new_conversation_id(), title=title, user=user, meta=metadata or {}, created_at=now(), updated_at=now()
+            id=new_conversation_id(), app_id=app_id, title=title, user=user, meta=metadata or {}, created_at=now(), updated_at=now()
         )
         async with self.db.session() as session, session.begin():
             session.add(conversation)
         return conversation
 
-    async def get_conversation(self, conversation_id: str) -> Conversation:
+    async def get_conversation(self, conversation_id: str, *, app_id: str, user: str | None = None) -> Conversation:
+        """The app's conversation (and the user's, when ``user`` is given); 404 for anyone else's."""
         async with self.db.session() as session:
             conversation = await session.get(Conversation, conversation_id)
-        if conversation is None:
+        if (
+            conversation is None
+            or conversation.app_id != app_id
+            or (user is not None and conversation.user not in (None, user))
+        ):
             raise NotFound(f"No conversation found with id '{conversation_id}'.", param="conversation_id")
         return conversation
 
     async def list_conversations(
-        self, *, limit: int = 20, after: str | None = None, user: str | None = None
+        self, *, app_id: str, limit: int = 20, after: str | None = None, user: str | None = None
     ) -> ConversationPage:
-        query = select(Conversation).order_by(Conversation.created_at.desc(), Conversation.id.desc())
+        query = (
+            select(Conversation)
+            .where(Conversation.app_id == app_id)
+            .order_by(Conversation.created_at.desc(), Conversation.id.desc())
+        )
         if user is not None:
             query = query.where(Conversation.user == user)
         async with self.db.session() as session:
             if after is not None:
                 anchor = await session.get(Conversation, after)
-                if anchor is None:
+                if anchor is None or anchor.app_id != app_id:
                     raise NotFound(f"No conversation found with id '{after}'.", param="after")
                 query = query.where(
                     (Conversation.created_at < anchor.created_at)
@@ -98,10 +115,13 @@ class ConversationStore:
             rows = list((await session.scalars(query.limit(limit + 1))).all())
         return ConversationPage(items=rows[:limit], has_more=len(rows) > limit)
 
-    async def delete_conversation(self, conversation_id: str) -> None:
+    async def delete_conversation(self, conversation_id: str, *, app_id: str, user: str | None = None) -> None:
+        await self.get_conversation(conversation_id, app_id=app_id, user=user)
         async with self.db.session() as session, session.begin():
             await session.execute(delete(Message).where(Message.conversation_id == conversation_id))
-            result = await session.execute(delete(Conversation).where(Conversation.id == conversation_id))
+            result = await session.execute(
+                delete(Conversation).where(Conversation.id == conversation_id, Conversation.app_id == app_id)
+            )
         if result.rowcount == 0:
             raise NotFound(f"No conversation found with id '{conversation_id}'.", param="conversation_id")
 
@@ -124,6 +144,7 @@ class ConversationStore:
                 session.add(
                     Conversation(
                         id=turn.conversation_id,
+                        app_id=turn.app_id,
                         title=_title_from(turn.new_messages),
                         user=turn.user,
                         meta={},
@@ -134,7 +155,9 @@ class ConversationStore:
                 await session.flush()
             if turn.conversation_id is not None:
                 result = await session.execute(
-                    update(Conversation).where(Conversation.id == turn.conversation_id).values(updated_at=stamp)
+                    update(Conversation)
+                    .where(Conversation.id == turn.conversation_id, Conversation.app_id == turn.app_id)
+                    .values(updated_at=stamp)
                 )
                 written = result.rowcount > 0
                 if written:
@@ -164,6 +187,10 @@ class ConversationStore:
             session.add(
                 Usage(
                     created_at=stamp,
+                    app_id=turn.app_id,
+                    key_prefix=turn.key_prefix,
+                    user=turn.user,
+                    cached=turn.cached,
                     response_id=turn.response_id,
                     conversation_id=turn.conversation_id,
                     model=turn.model,

@@ -3,19 +3,46 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
+import shutil
 import sys
 
 import uvicorn
 
+from chains.errors import APIError
+from server.observability import configure_logging, logging_config
 from server.settings import Settings
 
 log = logging.getLogger("genai")
 
 
+async def _with_services(settings: Settings, action):
+    from server.services import Services
+
+    services = Services.build(settings)
+    await services.open()
+    try:
+        return await action(services)
+    finally:
+        await services.close()
+
+
+async def _bootstrap_admin_key(services) -> None:
+    """On first start with no admin key configured, make one and print it once."""
+    if services.settings.admin_key is None and await services.tenants.count_admin_keys() == 0:
+        created = await services.tenants.create_key(None, is_admin=True, name="first-start")
+        print(
+            "\n  Admin key (shown once; store it safely, it is kept only as a hash):\n"
+            f"    {created.key}\n",
+            file=sys.stderr,
+        )
+
+
 def serve(args: argparse.Namespace) -> int:
     settings = Settings()
+    asyncio.run(_with_services(settings, _bootstrap_admin_key))
     host = args.host or settings.host
     port = args.port if args.port is not None else settings.port
     workers = args.workers or settings.workers
@@ -25,7 +52,7 @@ def serve(args: argparse.Namespace) -> int:
 
         logs = settings.data_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        print("starting the local model (Gemma 3 270M under llama.cpp)...", file=sys.stderr)
+        log.info("starting the local model (Gemma 3 270M under llama.cpp)")
         local = LocalModelServer(
             settings.resolved_local_model_path,
             context_window=settings.local_model_context,
@@ -35,7 +62,13 @@ def serve(args: argparse.Namespace) -> int:
         ).start()
         # Workers read their settings from the environment, so the URL travels there.
         os.environ["GENAI_LOCAL_MODEL_URL"] = local.base_url
-        print(f"local model ready at {local.base_url}", file=sys.stderr)
+        log.info("local model ready at %s", local.base_url)
+    if workers > 1:
+        # Each worker writes its metrics here and /metrics sums them; set before a worker imports prometheus_client.
+        metrics_dir = (settings.data_dir / "prometheus").resolve()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     try:
         uvicorn.run(
             "server.app:create_app",
@@ -44,11 +77,70 @@ def serve(args: argparse.Namespace) -> int:
             port=port,
             workers=workers,
             log_level=settings.log_level,
+            log_config=logging_config(settings.log_level),  # JSON lines, in every worker too
+            access_log=False,  # RequestContext writes the access log, with the request id
             timeout_graceful_shutdown=10,
         )
     finally:
         if local is not None:
             local.stop()
+    return 0
+
+
+def _table(rows: list[list[object]], header: list[str]) -> None:
+    cells = [header] + [["" if cell is None else str(cell) for cell in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    for row in cells:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def apps_create(args: argparse.Namespace) -> int:
+    async def action(services):
+        return await services.tenants.create_app(
+            args.name, system_prompt=args.system_prompt, allowed_models=args.models, rpm=args.rpm, tpm=args.tpm
+        )
+
+    app = asyncio.run(_with_services(Settings(), action))
+    print(f"created app {app.name} ({app.id})")
+    return 0
+
+
+def apps_list(args: argparse.Namespace) -> int:
+    apps = asyncio.run(_with_services(Settings(), lambda services: services.tenants.list_apps()))
+    _table(
+        [[a.name, a.id, ",".join(a.allowed_models) if a.allowed_models else "all", a.rpm, a.tpm] for a in apps],
+        ["NAME", "ID", "MODELS", "RPM", "TPM"],
+    )
+    return 0
+
+
+def keys_create(args: argparse.Namespace) -> int:
+    async def action(services):
+        return await services.tenants.create_key(
+            args.app, name=args.name, rpm=args.rpm, tpm=args.tpm, expires_in_days=args.expires
+        )
+
+    created = asyncio.run(_with_services(Settings(), action))
+    print(f"key {created.record.prefix}... for app {args.app} (shown once, stored only as a hash):", file=sys.stderr)
+    print(created.key)
+    return 0
+
+
+def keys_list(args: argparse.Namespace) -> int:
+    keys = asyncio.run(_with_services(Settings(), lambda services: services.tenants.list_keys(args.app)))
+    _table(
+        [
+            [k.prefix + "...", app or "(admin)", k.name, k.rpm, k.tpm, k.expires_at, "revoked" if k.revoked_at else "active"]
+            for k, app in keys
+        ],
+        ["PREFIX", "APP", "NAME", "RPM", "TPM", "EXPIRES_AT", "STATE"],
+    )
+    return 0
+
+
+def keys_revoke(args: argparse.Namespace) -> int:
+    key = asyncio.run(_with_services(Settings(), lambda services: services.tenants.revoke_key(args.prefix)))
+    print(f"revoked {key.prefix}...")
     return 0
 
 
@@ -60,13 +152,42 @@ def build_parser() -> argparse.ArgumentParser:
     serve_parser.add_argument("--port", type=int, help="port (default 8000, setting GENAI_PORT)")
     serve_parser.add_argument("--workers", type=int, help="worker processes (default 1, setting GENAI_WORKERS)")
     serve_parser.set_defaults(handler=serve)
+
+    apps = commands.add_parser("apps", help="client apps").add_subparsers(dest="apps_command", required=True)
+    create = apps.add_parser("create", help="create an app")
+    create.add_argument("name")
+    create.add_argument("--system-prompt", help="default system prompt of the app")
+    create.add_argument("--models", nargs="+", help="model routes the app may use (default: all)")
+    create.add_argument("--rpm", type=int, help="default requests per minute of its keys")
+    create.add_argument("--tpm", type=int, help="default tokens per minute of its keys")
+    create.set_defaults(handler=apps_create)
+    apps.add_parser("list", help="list apps").set_defaults(handler=apps_list)
+
+    keys = commands.add_parser("keys", help="API keys").add_subparsers(dest="keys_command", required=True)
+    create = keys.add_parser("create", help="create a key for an app and print it (once)")
+    create.add_argument("--app", required=True)
+    create.add_argument("--name")
+    create.add_argument("--rpm", type=int, help="requests per minute (default: the app's)")
+    create.add_argument("--tpm", type=int, help="tokens per minute (default: the app's)")
+    create.add_argument("--expires", type=float, metavar="DAYS", help="expire after this many days")
+    create.set_defaults(handler=keys_create)
+    listing = keys.add_parser("list", help="list keys (prefixes only)")
+    listing.add_argument("--app")
+    listing.set_defaults(handler=keys_list)
+    revoke = keys.add_parser("revoke", help="revoke a key by its prefix or id")
+    revoke.add_argument("prefix")
+    revoke.set_defaults(handler=keys_revoke)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(os.environ.get("GENAI_LOG_LEVEL", "info"))
     args = build_parser().parse_args(argv)
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except APIError as error:  # not found, already exists, ...
+        print(f"error: {error.message}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -4,17 +4,39 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
 
 from chains.errors import APIError, InternalError
 from graphs.state import ChatInput
+from memory.tenants import Caller
+from server.observability import current_request_id
 from server.schemas import ChatCompletionRequest
 
 
-def graph_input(body: ChatCompletionRequest, started_at: float) -> tuple[ChatInput, dict[str, Any]]:
+def caller_state(caller: Caller) -> dict[str, Any]:
+    """What the chat graph needs to know of the calling app."""
+    return {
+        "app_id": caller.app_id,
+        "key_prefix": caller.key_prefix,
+        "app_system_prompt": caller.system_prompt,
+        "allowed_models": list(caller.allowed_models) if caller.allowed_models is not None else None,
+    }
+
+
+def trace_config(caller: Caller) -> dict[str, Any]:
+    """LangSmith tags and metadata naming the app and key (never the key itself)."""
+    return {
+        "tags": [f"app:{caller.app_name}", f"key:{caller.key_prefix}"],
+        "metadata": {"app": caller.app_name, "app_id": caller.app_id, "key_prefix": caller.key_prefix},
+    }
+
+
+def graph_input(
+    body: ChatCompletionRequest, caller: Caller, started_at: float
+) -> tuple[ChatInput, dict[str, Any]]:
     """The graph's input and run config; the response id is the run id, so traces and feedback meet."""
     run_id = uuid.uuid4()
     state: ChatInput = {
@@ -26,8 +48,11 @@ def graph_input(body: ChatCompletionRequest, started_at: float) -> tuple[ChatInp
         "response_id": f"chatcmpl-{run_id.hex}",
         "user": body.user,
         "started_at": started_at,
+        **caller_state(caller),
     }
-    config = {"run_id": run_id, "run_name": "chat", "metadata": {"user": body.user}}
+    trace = trace_config(caller)
+    metadata = {**trace["metadata"], "user": body.user, "request_id": current_request_id()}
+    config = {"run_id": run_id, "run_name": "chat", "tags": trace["tags"], "metadata": metadata}
     return state, config
 
 
@@ -69,7 +94,17 @@ class CompletionStream:
     response with their status; after that, errors become an SSE error event.
     """
 
-    def __init__(self, graph, state: ChatInput, config: dict[str, Any], include_usage: bool) -> None:
+    def __init__(
+        self,
+        graph,
+        state: ChatInput,
+        config: dict[str, Any],
+        include_usage: bool,
+        on_finish: Callable[[dict[str, Any], APIError | None], Awaitable[None]] | None = None,
+        on_first_token: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.on_finish = on_finish
+        self.on_first_token = on_first_token  # called once, with the run's info, when the model's first token arrives
         self._events = graph.astream(state, config, stream_mode=["custom", "updates"])
         self._buffered: list[tuple[str, Any]] = []
         self.include_usage = include_usage
@@ -88,6 +123,9 @@ class CompletionStream:
             raise
 
     def _absorb(self, mode: str, chunk: Any) -> None:
+        if mode == "custom" and self.on_first_token is not None:
+            self.on_first_token(self.info)
+            self.on_first_token = None
         if mode == "updates":
             for update in chunk.values():
                 if update:
@@ -126,10 +164,18 @@ class CompletionStream:
                 usage = usage_object(self.info.get("prompt_tokens", 0), self.info.get("completion_tokens", 0))
                 yield self._chunk(None, usage=usage)
             yield b"data: [DONE]\n\n"
+            await self._finish(None)
         except APIError as error:
             yield b"data: " + orjson.dumps(error.to_dict()) + b"\n\n"
+            await self._finish(error)
         except Exception:  # noqa: BLE001 - the status line is sent; report in-band
-            yield b"data: " + orjson.dumps(InternalError("The stream failed on the server.").to_dict()) + b"\n\n"
+            error = InternalError("The stream failed on the server.")
+            yield b"data: " + orjson.dumps(error.to_dict()) + b"\n\n"
+            await self._finish(error)
         finally:
             await self._events.aclose()
+
+    async def _finish(self, error: APIError | None) -> None:
+        if self.on_finish is not None:
+            await self.on_finish(self.info, error)
 

@@ -6,6 +6,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from memory.tenants import Caller
+from server.auth import require_admin, require_app, require_key
 from server.services import Services
 
 
@@ -14,3 +16,8 @@ def get_services(request: Request) -> Services:
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
+# An app's key (admitted by its rate limits); admin keys are refused.
+AppCaller = Annotated[Caller, Depends(require_app)]
+# Any valid key, app or admin.
+AnyCaller = Annotated[Caller, Depends(require_key)]
+AdminCaller = Annotated[Caller, Depends(require_admin)]

@@ -16,6 +16,9 @@ from chains.models import ModelRegistry
 from graphs.chat import ChatDeps, build_chat_graph
 from memory import ConversationStore, Database, RedisMemory, SqlMemory
 from memory.history import ConversationMemory
+from memory.tenants import TenantStore
+from server.auth import Authenticator
+from server.ratelimit import RateLimiter
 from server.settings import Settings
 
 
@@ -26,6 +29,9 @@ class Services:
     store: ConversationStore
     memory: ConversationMemory
     models: ModelRegistry
+    tenants: TenantStore
+    auth: Authenticator
+    limiter: RateLimiter
     redis: Redis | None = None
     chat_graph: object = field(default=None)
 
@@ -42,7 +48,18 @@ class Services:
         else:
             memory = SqlMemory(store, max_messages=settings.memory_max_messages)
         models = ModelRegistry(settings.routes(), default=settings.resolved_default_model)
-        services = cls(settings=settings, db=db, store=store, memory=memory, models=models, redis=redis)
+        tenants = TenantStore(db)
+        services = cls(
+            settings=settings,
+            db=db,
+            store=store,
+            memory=memory,
+            models=models,
+            tenants=tenants,
+            auth=Authenticator(tenants),
+            limiter=RateLimiter(settings.redis_url),
+            redis=redis,
+        )
         services.chat_graph = build_chat_graph(
             ChatDeps(
                 models=models,
@@ -57,6 +74,18 @@ class Services:
     async def open(self) -> None:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         await self.db.create_schema()
+        if self.settings.admin_key is not None:
+            await self.ensure_admin_key(self.settings.admin_key.get_secret_value())
+
+    async def ensure_admin_key(self, secret: str) -> None:
+        """Register the configured admin key (idempotent; two workers may race, one wins)."""
+        from chains.errors import Conflict
+
+        if await self.tenants.authenticate(secret) is None:
+            try:
+                await self.tenants.create_key(None, is_admin=True, name="settings", secret=secret)
+            except Conflict:
+                pass
 
     async def close(self) -> None:
         if self.redis is not None:

@@ -45,6 +45,7 @@ class Settings(BaseSettings):
 
     max_body_bytes: int = Field(1024 * 1024, gt=0)
     admin_key: SecretStr | None = None
+    metrics_require_admin: bool = Field(False, description="GET /metrics needs an admin key")
 
     @model_validator(mode="before")
     @classmethod

@@ -22,6 +22,7 @@ from server.settings import Settings
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_PATH = ROOT / ".cache" / "models" / "gemma-3-270m-q4_k_m.gguf"
 REDIS_URL = os.environ.get("GENAI_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+ADMIN_KEY = "sk-admin-0123456789abcdef0123456789abcdef"
 POSTGRES_ADMIN_URL = os.environ.get("GENAI_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
@@ -74,6 +75,7 @@ def make_settings(tmp_path: Path, llama: LocalModelServer) -> Callable[..., Sett
             "local_model_url": llama.base_url,
             "local_model_path": MODEL_PATH,
             "local_model_context": llama.context_window,
+            "admin_key": ADMIN_KEY,
         }
         values.update(overrides)
         return Settings(_env_file=None, **values)
@@ -82,9 +84,11 @@ def make_settings(tmp_path: Path, llama: LocalModelServer) -> Callable[..., Sett
 
 
 class LiveServer:
-    """The app under uvicorn in a thread, on a free loopback port."""
+    """The app under uvicorn in a thread, on a free loopback port, with one app ("tests") and its key."""
 
     def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.key = ""
         self.app = create_app(settings)
         self.port = free_port()
         self.server = uvicorn.Server(
@@ -107,17 +111,30 @@ class LiveServer:
             if time.monotonic() > deadline or not self.thread.is_alive():
                 raise RuntimeError("the test server did not start")
             time.sleep(0.02)
+        self.key = self.create_key("tests")
         return self
+
+    def create_key(self, app: str, **limits) -> str:
+        """A key for ``app`` (created when missing), through the admin API."""
+        with self.http(key=ADMIN_KEY) as admin:
+            if admin.get(f"/admin/apps/{app}").status_code == 404:
+                admin.post("/admin/apps", json={"name": app}).raise_for_status()
+            created = admin.post("/admin/keys", json={"app": app, **limits})
+            created.raise_for_status()
+            return created.json()["key"]
 
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=15)
 
-    def openai(self, **kwargs) -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=0, **kwargs)
+    def openai(self, key: str | None = None, **kwargs) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key or self.key, max_retries=0, **kwargs)
 
-    def http(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=60)
+    def http(self, key: str | None = None) -> httpx.Client:
+        """A client sending ``key`` (the tests app's key by default; "" for none)."""
+        key = self.key if key is None else key
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.url, timeout=60, headers=headers)
 
 
 @pytest.fixture

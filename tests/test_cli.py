@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,8 +27,16 @@ def test_genai_serve_runs_and_stops_the_local_model(tmp_path):
         "GENAI_LOCAL_MODEL_CONTEXT": "1024",
     }
     env.pop("GENAI_MODEL_ROUTES", None)
+    env.pop("GENAI_ADMIN_KEY", None)
+    genai = [sys.executable, "-m", "server"]
+    run = {"cwd": ROOT, "env": env, "capture_output": True, "text": True, "check": True}
+    subprocess.run([*genai, "apps", "create", "demo", "--rpm", "100"], **run)
+    key = subprocess.run([*genai, "keys", "create", "--app", "demo"], **run).stdout.strip()
+    assert key.startswith("sk-") and len(key) >= 46
+    listed = subprocess.run([*genai, "keys", "list"], **run).stdout
+    assert key[:12] in listed and key not in listed
     process = subprocess.Popen(
-        [sys.executable, "-m", "server", "serve", "--port", str(port)],
+        [*genai, "serve", "--port", str(port)],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -49,9 +58,11 @@ def test_genai_serve_runs_and_stops_the_local_model(tmp_path):
         answer = httpx.post(
             f"{base}/v1/chat/completions",
             json={"messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 8},
+            headers={"Authorization": f"Bearer {key}"},
             timeout=60,
         )
         assert answer.status_code == 200
+        assert answer.headers["x-ratelimit-limit-requests"] == "100"
         assert (tmp_path / "data" / "genai.db").exists()
         assert (tmp_path / "data" / "logs" / "llama-server.log").exists()
         children = set(_llama_servers(parent=process.pid))
@@ -59,6 +70,9 @@ def test_genai_serve_runs_and_stops_the_local_model(tmp_path):
     finally:
         process.send_signal(signal.SIGINT)
         process.wait(timeout=30)
+    output = process.stdout.read().decode()
+    assert "Admin key (shown once" in output  # first start with no admin key configured
+    assert re.search(r"Admin key \(shown once.*\n\s+sk-[A-Za-z0-9_-]{43}\n", output)
     still_running = children & set(_llama_servers())
     assert not still_running, "the local model server must stop with the platform"
 

@@ -61,7 +61,9 @@ def test_playground_stream_log_works(server):
 async def test_remote_runnable_with_server_side_conversation(server):
     with server.http() as http:
         conversation = http.post("/v1/conversations", json={"title": "langserve"}).json()["id"]
-    chat = RemoteRunnable(f"{server.url}/chat/", headers={"X-Conversation-ID": conversation})
+    chat = RemoteRunnable(
+        f"{server.url}/chat/", headers={"X-Conversation-ID": conversation, "Authorization": f"Bearer {server.key}"}
+    )
     first = await chat.ainvoke({"messages": [HumanMessage(content="Who wrote Romeo and Juliet?")]})
     assert first.content
     chunks = [chunk async for chunk in chat.astream({"messages": [HumanMessage(content="Name another play.")]})]

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from memory.models import Conversation, Message
-from server.deps import ServicesDep
+from server.deps import AppCaller, ServicesDep
 from server.schemas import ConversationCreate
 
 router = APIRouter(prefix="/v1/conversations", tags=["conversations"])
@@ -49,20 +49,25 @@ def message_object(message: Message) -> dict:
 
 
 @router.post("")
-async def create_conversation(services: ServicesDep, body: ConversationCreate | None = None) -> dict:
+async def create_conversation(
+    caller: AppCaller, services: ServicesDep, body: ConversationCreate | None = None
+) -> dict:
     body = body or ConversationCreate()
-    conversation = await services.store.create_conversation(title=body.title, user=body.user, metadata=body.metadata)
+    conversation = await services.store.create_conversation(
+        app_id=caller.app_id, title=body.title, user=body.user, metadata=body.metadata
+    )
     return conversation_object(conversation)
 
 
 @router.get("")
 async def list_conversations(
+    caller: AppCaller,
     services: ServicesDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     after: Annotated[str | None, Query(max_length=64)] = None,
     user: Annotated[str | None, Query(max_length=256)] = None,
 ) -> dict:
-    page = await services.store.list_conversations(limit=limit, after=after, user=user)
+    page = await services.store.list_conversations(app_id=caller.app_id, limit=limit, after=after, user=user)
     data = [conversation_object(c) for c in page.items]
     return {
         "object": "list",
@@ -74,14 +79,24 @@ async def list_conversations(
 
 
 @router.get("/{conversation_id}")
-async def retrieve_conversation(conversation_id: str, services: ServicesDep) -> dict:
-    conversation = await services.store.get_conversation(conversation_id)
+async def retrieve_conversation(
+    conversation_id: str,
+    caller: AppCaller,
+    services: ServicesDep,
+    user: Annotated[str | None, Query(max_length=256)] = None,
+) -> dict:
+    conversation = await services.store.get_conversation(conversation_id, app_id=caller.app_id, user=user)
     messages = await services.store.messages(conversation_id)
     return {**conversation_object(conversation), "messages": [message_object(m) for m in messages]}
 
 
 @router.delete("/{conversation_id}")
-async def delete_conversation(conversation_id: str, services: ServicesDep) -> dict:
-    await services.store.delete_conversation(conversation_id)
+async def delete_conversation(
+    conversation_id: str,
+    caller: AppCaller,
+    services: ServicesDep,
+    user: Annotated[str | None, Query(max_length=256)] = None,
+) -> dict:
+    await services.store.delete_conversation(conversation_id, app_id=caller.app_id, user=user)
     await services.memory.forget(conversation_id)
     return {"id": conversation_id, "object": "conversation.deleted", "deleted": True}

@@ -5,7 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from chains.models import ChatModel
-from server.deps import ServicesDep
+from chains.errors import ModelNotFound
+from server.deps import AnyCaller, ServicesDep
 
 router = APIRouter(prefix="/v1", tags=["models"])
 
@@ -18,10 +19,13 @@ def model_object(chat: ChatModel) -> dict:
 
 
 @router.get("/models")
-async def list_models(services: ServicesDep) -> dict:
-    return {"object": "list", "data": [model_object(chat) for chat in services.models]}
+async def list_models(caller: AnyCaller, services: ServicesDep) -> dict:
+    """The routes this key's app may use (all of them for an admin key)."""
+    return {"object": "list", "data": [model_object(c) for c in services.models if caller.may_use(c.route.name)]}
 
 
 @router.get("/models/{model_id:path}")
-async def retrieve_model(model_id: str, services: ServicesDep) -> dict:
+async def retrieve_model(model_id: str, caller: AnyCaller, services: ServicesDep) -> dict:
+    if not caller.may_use(model_id):
+        raise ModelNotFound(f"The model `{model_id}` does not exist or you do not have access to it.", param="model")
     return model_object(services.models.get(model_id))

@@ -1,0 +1,60 @@
+"""Usage reports: the usage table summed by day, model, key or app."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Literal
+
+from sqlalchemy import Integer, case, cast, func, select
+
+from memory.db import Database
+from memory.models import Usage
+
+GroupBy = Literal["day", "model", "key", "app"]
+
+
+async def usage_summary(
+    db: Database, *, app_id: str | None, start: int, end: int, group_by: GroupBy
+) -> list[dict]:
+    """Totals per group for ``start <= created_at < end``; ``app_id=None`` spans every app."""
+    group = {
+        "day": cast(Usage.created_at - Usage.created_at % 86400, Integer),
+        "model": Usage.model,
+        "key": Usage.key_prefix,
+        "app": Usage.app_id,
+    }[group_by]
+    query = (
+        select(
+            group.label("group"),
+            func.count().label("requests"),
+            func.coalesce(func.sum(Usage.prompt_tokens), 0).label("prompt_tokens"),
+            func.coalesce(func.sum(Usage.completion_tokens), 0).label("completion_tokens"),
+            func.coalesce(func.sum(case((Usage.cached, 1), else_=0)), 0).label("cached_requests"),
+            func.coalesce(func.sum(case((Usage.status != "ok", 1), else_=0)), 0).label("failed_requests"),
+        )
+        .where(Usage.created_at >= start, Usage.created_at < end)
+        .group_by(group)
+        .order_by(group)
+    )
+    if app_id is not None:
+        query = query.where(Usage.app_id == app_id)
+    async with db.session() as session:
+        rows = (await session.execute(query)).all()
+    return [
+        {
+            "group": _label(row.group, group_by),
+            "requests": row.requests,
+            "prompt_tokens": int(row.prompt_tokens),
+            "completion_tokens": int(row.completion_tokens),
+            "total_tokens": int(row.prompt_tokens) + int(row.completion_tokens),
+            "cached_requests": int(row.cached_requests),
+            "failed_requests": int(row.failed_requests),
+        }
+        for row in rows
+    ]
+
+
+def _label(value, group_by: GroupBy) -> str | None:
+    if group_by == "day" and value is not None:
+        return dt.datetime.fromtimestamp(int(value), dt.UTC).date().isoformat()
+    return value

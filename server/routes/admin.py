@@ -1,0 +1,142 @@
+"""/admin: client apps and their API keys (admin key only)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
+
+from chains.errors import InvalidRequest
+from memory.models import ApiKey, App
+from server.deps import AdminCaller, ServicesDep
+
+router = APIRouter(prefix="/admin", tags=["admin"])
+
+Name = Annotated[StrictStr, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+Limit = Annotated[int, Field(ge=1, le=10_000_000)]
+
+
+class AppCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name
+    system_prompt: StrictStr | None = Field(None, max_length=20_000)
+    allowed_models: list[StrictStr] | None = Field(None, description="route names; all routes when omitted")
+    rpm: Limit | None = Field(None, description="default requests per minute for the app's keys")
+    tpm: Limit | None = Field(None, description="default tokens per minute for the app's keys")
+
+
+class AppUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    system_prompt: StrictStr | None = Field(None, max_length=20_000)
+    allowed_models: list[StrictStr] | None = None
+    rpm: Limit | None = None
+    tpm: Limit | None = None
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    app: Name
+    name: StrictStr | None = Field(None, max_length=128)
+    rpm: Limit | None = None
+    tpm: Limit | None = None
+    expires_in_days: float | None = Field(None, gt=0, le=3650)
+
+
+class KeyUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rpm: Limit | None = None
+    tpm: Limit | None = None
+
+
+def app_object(app: App) -> dict:
+    return {
+        "id": app.id,
+        "object": "app",
+        "name": app.name,
+        "system_prompt": app.system_prompt,
+        "allowed_models": app.allowed_models,
+        "rpm": app.rpm,
+        "tpm": app.tpm,
+        "created_at": app.created_at,
+    }
+
+
+def key_object(key: ApiKey, app_name: str | None) -> dict:
+    return {
+        "id": key.id,
+        "object": "api_key",
+        "prefix": key.prefix,
+        "name": key.name,
+        "app": app_name,
+        "admin": key.is_admin,
+        "rpm": key.rpm,
+        "tpm": key.tpm,
+        "created_at": key.created_at,
+        "expires_at": key.expires_at,
+        "revoked_at": key.revoked_at,
+    }
+
+
+def _check_models(services, models: list[str] | None) -> None:
+    unknown = [name for name in models or [] if name not in services.models]
+    if unknown:
+        raise InvalidRequest(f"Unknown model route(s): {', '.join(unknown)}.", param="allowed_models")
+
+
+@router.post("/apps")
+async def create_app(body: AppCreate, _: AdminCaller, services: ServicesDep) -> dict:
+    _check_models(services, body.allowed_models)
+    return app_object(await services.tenants.create_app(**body.model_dump()))
+
+
+@router.get("/apps")
+async def list_apps(_: AdminCaller, services: ServicesDep) -> dict:
+    return {"object": "list", "data": [app_object(app) for app in await services.tenants.list_apps()]}
+
+
+@router.get("/apps/{app}")
+async def retrieve_app(app: str, _: AdminCaller, services: ServicesDep) -> dict:
+    return app_object(await services.tenants.get_app(app))
+
+
+@router.patch("/apps/{app}")
+async def update_app(app: str, body: AppUpdate, _: AdminCaller, services: ServicesDep) -> dict:
+    _check_models(services, body.allowed_models)
+    updated = await services.tenants.update_app(app, **body.model_dump(exclude_unset=True))
+    services.auth.forget()
+    return app_object(updated)
+
+
+@router.post("/keys")
+async def create_key(body: KeyCreate, _: AdminCaller, services: ServicesDep) -> dict:
+    created = await services.tenants.create_key(
+        body.app, name=body.name, rpm=body.rpm, tpm=body.tpm, expires_in_days=body.expires_in_days
+    )
+    # The secret is returned this once; only its hash is stored.
+    return {**key_object(created.record, body.app), "key": created.key}
+
+
+@router.get("/keys")
+async def list_keys(
+    _: AdminCaller, services: ServicesDep, app: Annotated[str | None, Query(max_length=128)] = None
+) -> dict:
+    return {"object": "list", "data": [key_object(k, name) for k, name in await services.tenants.list_keys(app)]}
+
+
+@router.patch("/keys/{key}")
+async def update_key(key: str, body: KeyUpdate, _: AdminCaller, services: ServicesDep) -> dict:
+    updated = await services.tenants.update_key(key, **body.model_dump(exclude_unset=True))
+    services.auth.forget()
+    return key_object(updated, None)
+
+
+@router.post("/keys/{key}/revoke")
+async def revoke_key(key: str, _: AdminCaller, services: ServicesDep) -> dict:
+    revoked = await services.tenants.revoke_key(key)
+    services.auth.forget()
+    return key_object(revoked, None)
