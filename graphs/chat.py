@@ -170,9 +170,9 @@ def build_chat_graph(deps: ChatDeps):
             finish_reason=state["finish_reason"],
             stream=bool(state.get("stream")),
         )
-        written = await deps.store.record_turn(turn)
-        if conversation_id and written and not state.get("created_conversation"):
-            await deps.memory.append(conversation_id, [*state["messages"], state["answer"]])
+        total = await deps.store.record_turn(turn)
+        if conversation_id and total:
+            await deps.memory.append(conversation_id, [*state["messages"], state["answer"]], total)
         return {}
 
     graph = StateGraph(ChatState, input_schema=ChatInput)

@@ -22,8 +22,8 @@ class ConversationMemory(Protocol):
     async def load(self, conversation_id: str) -> list[BaseMessage]:
         """The newest prior messages, oldest first."""
 
-    async def append(self, conversation_id: str, messages: Sequence[BaseMessage]) -> None:
-        """Called after the turn is committed to the store."""
+    async def append(self, conversation_id: str, messages: Sequence[BaseMessage], total: int) -> None:
+        """Called after the turn is committed; ``total`` is how many messages the conversation holds now."""
 
     async def forget(self, conversation_id: str) -> None: ...
 
@@ -39,7 +39,7 @@ class SqlMemory:
         rows = await self.store.messages(conversation_id, limit=self.max_messages)
         return [from_record(row.role, row.content) for row in rows]
 
-    async def append(self, conversation_id: str, messages: Sequence[BaseMessage]) -> None:
+    async def append(self, conversation_id: str, messages: Sequence[BaseMessage], total: int) -> None:
         return None  # the store already holds them
 
     async def forget(self, conversation_id: str) -> None:
@@ -47,6 +47,40 @@ class SqlMemory:
 
     async def ping(self) -> None:
         await self.store.db.ping()
+
+
+# A rebuild writes the list only when nothing marked it stale meanwhile: a turn committed (or a
+# delete) between the rebuild's database read and its write would otherwise be lost (or undone).
+_REBUILD = """
+if redis.call('EXISTS', KEYS[2]) == 1 or redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('RPUSH', KEYS[1], unpack(ARGV, 2))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+# ARGV: ttl, max messages, stale seconds, messages before this turn, the turn's records.
+# - The list holds exactly the messages before this turn: extend it.
+# - It holds something else (a concurrent turn, a rebuild that read an older copy): drop it,
+#   the next load rebuilds it from the database.
+# - It is missing and this turn is the whole conversation: start it.
+# - It is missing otherwise: mark the conversation stale, so that a rebuild that read the
+#   database before this turn was committed does not write a copy without it.
+_APPEND = """
+local before = tonumber(ARGV[4])
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  if redis.call('LLEN', KEYS[1]) ~= math.min(before, tonumber(ARGV[2])) then
+    redis.call('DEL', KEYS[1])
+    return 0
+  end
+elseif before > 0 or redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('SET', KEYS[2], 1, 'EX', ARGV[3])
+  return 0
+end
+redis.call('RPUSH', KEYS[1], unpack(ARGV, 5))
+redis.call('LTRIM', KEYS[1], -tonumber(ARGV[2]), -1)
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+STALE_SECONDS = 5  # longer than a rebuild takes from its database read to its write
 
 
 class RedisMemory:
@@ -64,9 +98,14 @@ class RedisMemory:
         self.ttl_seconds = ttl_seconds
         self.max_messages = max_messages
         self.prefix = prefix
+        self._rebuild = redis.register_script(_REBUILD)
+        self._append = redis.register_script(_APPEND)
 
     def key(self, conversation_id: str) -> str:
         return f"{self.prefix}{conversation_id}"
+
+    def stale_key(self, conversation_id: str) -> str:
+        return f"{self.prefix}{conversation_id}:stale"
 
     async def load(self, conversation_id: str) -> list[BaseMessage]:
         key = self.key(conversation_id)
@@ -77,24 +116,21 @@ class RedisMemory:
         rows = await self.store.messages(conversation_id, limit=self.max_messages)
         if rows:
             records = [orjson.dumps({"role": row.role, "content": row.content}) for row in rows]
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.delete(key).rpush(key, *records).expire(key, self.ttl_seconds)
-                await pipe.execute()
+            await self._rebuild(keys=[key, self.stale_key(conversation_id)], args=[self.ttl_seconds, *records])
         return [from_record(row.role, row.content) for row in rows]
 
-    async def append(self, conversation_id: str, messages: Sequence[BaseMessage]) -> None:
+    async def append(self, conversation_id: str, messages: Sequence[BaseMessage], total: int) -> None:
         if not messages:
             return
-        key = self.key(conversation_id)
         records = [orjson.dumps(to_record(message)) for message in messages]
-        # RPUSHX only extends a list that exists: when it has expired meanwhile, the next
-        # load rebuilds it from the store, which already holds this turn.
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.rpushx(key, *records).ltrim(key, -self.max_messages, -1).expire(key, self.ttl_seconds)
-            await pipe.execute()
+        keys = [self.key(conversation_id), self.stale_key(conversation_id)]
+        before = max(total - len(records), 0)
+        await self._append(keys=keys, args=[self.ttl_seconds, self.max_messages, STALE_SECONDS, before, *records])
 
     async def forget(self, conversation_id: str) -> None:
-        await self.redis.delete(self.key(conversation_id))
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self.key(conversation_id)).set(self.stale_key(conversation_id), 1, ex=STALE_SECONDS)
+            await pipe.execute()
 
     async def ping(self) -> None:
         await self.redis.ping()

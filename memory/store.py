@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from langchain_core.messages import BaseMessage
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 
 from chains.errors import NotFound
 from memory.db import Database
@@ -135,10 +135,14 @@ class ConversationStore:
         rows.reverse()
         return rows
 
-    async def record_turn(self, turn: TurnRecord) -> bool:
-        """Write the turn and its usage atomically. False when the conversation was deleted meanwhile."""
+    async def record_turn(self, turn: TurnRecord) -> int:
+        """Write the turn and its usage atomically.
+
+        Returns how many messages the conversation holds now (which lets Redis memory check
+        that its copy is whole), 0 when the conversation was deleted meanwhile or none was given.
+        """
         stamp = now()
-        written = True
+        total = 0
         async with self.db.session() as session, session.begin():
             if turn.create_conversation and turn.conversation_id is not None:
                 session.add(
@@ -159,8 +163,7 @@ class ConversationStore:
                     .where(Conversation.id == turn.conversation_id, Conversation.app_id == turn.app_id)
                     .values(updated_at=stamp)
                 )
-                written = result.rowcount > 0
-                if written:
+                if result.rowcount > 0:
                     session.add_all(
                         Message(
                             conversation_id=turn.conversation_id,
@@ -184,6 +187,10 @@ class ConversationStore:
                             created_at=stamp,
                         )
                     )
+                    await session.flush()
+                    total = await session.scalar(
+                        select(func.count()).select_from(Message).where(Message.conversation_id == turn.conversation_id)
+                    )
             session.add(
                 Usage(
                     created_at=stamp,
@@ -201,4 +208,4 @@ class ConversationStore:
                     status=turn.status,
                 )
             )
-        return written
+        return total

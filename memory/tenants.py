@@ -100,6 +100,8 @@ class TenantStore:
 
     async def update_app(self, name_or_id: str, **changes) -> App:
         app = await self.get_app(name_or_id)
+        if not changes:  # an empty UPDATE ... SET is invalid SQL
+            return app
         async with self.db.session() as session, session.begin():
             await session.execute(update(App).where(App.id == app.id).values(**changes))
         return await self.get_app(app.id)
@@ -172,6 +174,8 @@ class TenantStore:
 
     async def update_key(self, id_or_prefix: str, **changes) -> ApiKey:
         key = await self._find_key(id_or_prefix)
+        if not changes:  # an empty UPDATE ... SET is invalid SQL
+            return key
         async with self.db.session() as session, session.begin():
             await session.execute(update(ApiKey).where(ApiKey.id == key.id).values(**changes))
         return await self._find_key(key.id)

@@ -26,7 +26,9 @@ def validation_error(exc: RequestValidationError) -> APIError:
     if not errors:
         return InvalidRequest("Invalid request body.")
     first = errors[0]
-    location = [str(part) for part in first.get("loc", ()) if part not in ("body",)]
+    location = [str(part) for part in first.get("loc", ())]
+    if location and location[0] in ("body", "query", "path", "header", "cookie"):
+        location = location[1:]  # where FastAPI found it, not the parameter's name
     if first.get("type") == "json_invalid":
         return InvalidRequest(
             "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your "

@@ -19,13 +19,15 @@ from pydantic import Field
 from redis.asyncio import Redis
 from sqlalchemy import func, select
 
-from chains.errors import ContextLengthExceeded, NotFound
+from chains.errors import ContextLengthExceeded, InvalidRequest, NotFound
 from chains.models import ModelRegistry, ModelRoute
 from graphs.chat import ChatDeps, build_chat_graph
 from memory import ConversationStore, Database, RedisMemory, SqlMemory, TurnRecord
 from memory.models import Message, Usage
 from server.services import Services
 from server.settings import Settings
+
+APP = "app_memory_tests"  # the app every stored conversation here belongs to
 
 # ---------------------------------------------------------------- fixtures
 
@@ -64,10 +66,11 @@ def pairs(messages: list[BaseMessage]) -> list[tuple[str, str]]:
     return [(m.type, m.text) for m in messages]
 
 
-async def record(store: ConversationStore, conversation_id: str, question: str, answer: str, **kwargs) -> bool:
+async def record(store: ConversationStore, conversation_id: str, question: str, answer: str, **kwargs) -> int:
     return await store.record_turn(
         TurnRecord(
             response_id=f"chatcmpl-{question}",
+            app_id=APP,
             model="fake",
             prompt_tokens=1,
             completion_tokens=1,
@@ -81,7 +84,7 @@ async def record(store: ConversationStore, conversation_id: str, question: str, 
 
 
 async def conversation_with_turns(store: ConversationStore, turns: int) -> str:
-    conversation = await store.create_conversation(title="memory test")
+    conversation = await store.create_conversation(app_id=APP, title="memory test")
     for n in range(1, turns + 1):
         assert await record(store, conversation.id, f"q{n}", f"a{n}")
     return conversation.id
@@ -126,8 +129,9 @@ async def test_redis_append_extends_a_live_list(store, redis, prefix):
     conversation_id = await conversation_with_turns(store, 1)
     await memory.load(conversation_id)
 
-    assert await record(store, conversation_id, "q2", "a2")
-    await memory.append(conversation_id, [HumanMessage(content="q2"), AIMessage(content="a2")])
+    total = await record(store, conversation_id, "q2", "a2")
+    assert total
+    await memory.append(conversation_id, [HumanMessage(content="q2"), AIMessage(content="a2")], total)
 
     key = memory.key(conversation_id)
     assert records(await redis.lrange(key, 0, -1)) == [
@@ -166,12 +170,19 @@ async def test_redis_append_after_expiry_leaves_no_partial_list(store, redis, pr
     await redis.delete(key)  # as if it had expired
 
     # The next turn is committed, then appended: RPUSHX must not start a list holding only this turn.
-    assert await record(store, conversation_id, "q3", "a3")
-    await memory.append(conversation_id, [HumanMessage(content="q3"), AIMessage(content="a3")])
+    total = await record(store, conversation_id, "q3", "a3")
+    assert total
+    await memory.append(conversation_id, [HumanMessage(content="q3"), AIMessage(content="a3")], total)
     assert await redis.exists(key) == 0
 
     loaded = await memory.load(conversation_id)
     assert pairs(loaded) == expected(range(1, 4))
+    # The append marked the conversation stale, so that load read the database and did not
+    # cache (a rebuild racing with this turn could have cached an old copy); once the mark
+    # lapses the next load caches the whole history again.
+    assert await redis.exists(key) == 0
+    await redis.delete(memory.stale_key(conversation_id))
+    assert pairs(await memory.load(conversation_id)) == expected(range(1, 4))
     assert len(await redis.lrange(key, 0, -1)) == 6
     await memory.forget(conversation_id)
 
@@ -197,8 +208,9 @@ async def test_redis_max_messages_caps_the_list(store, redis, prefix):
     assert await redis.llen(key) == 4
 
     # Appending trims from the old end.
-    assert await record(store, conversation_id, "q4", "a4")
-    await memory.append(conversation_id, [HumanMessage(content="q4"), AIMessage(content="a4")])
+    total = await record(store, conversation_id, "q4", "a4")
+    assert total
+    await memory.append(conversation_id, [HumanMessage(content="q4"), AIMessage(content="a4")], total)
     assert await redis.llen(key) == 4
     assert records(await redis.lrange(key, 0, -1)) == [
         ("user", "q3"), ("assistant", "a3"), ("user", "q4"), ("assistant", "a4"),
@@ -213,10 +225,10 @@ async def test_redis_max_messages_caps_the_list(store, redis, prefix):
 
 async def test_redis_load_of_an_empty_conversation_writes_nothing(store, redis, prefix):
     memory = RedisMemory(redis, store, prefix=prefix)
-    conversation = await store.create_conversation()
+    conversation = await store.create_conversation(app_id=APP)
     assert await memory.load(conversation.id) == []
     assert await redis.exists(memory.key(conversation.id)) == 0
-    await memory.append(conversation.id, [])
+    await memory.append(conversation.id, [], 0)
     assert await redis.exists(memory.key(conversation.id)) == 0
 
 
@@ -276,7 +288,7 @@ MESSAGE_TOKENS = TEXT_TOKENS + 4
 
 
 async def history_conversation(store: ConversationStore, turns: int) -> str:
-    conversation = await store.create_conversation()
+    conversation = await store.create_conversation(app_id=APP)
     for n in range(1, turns + 1):
         assert await record(store, conversation.id, padded(f"q{n}", TEXT_TOKENS), padded(f"a{n}", TEXT_TOKENS))
     return conversation.id
@@ -311,7 +323,13 @@ async def test_load_memory_keeps_the_newest_turns_within_memory_max_tokens(
 
     new = padded("q4", TEXT_TOKENS)
     result = await graph.ainvoke(
-        {"messages": [HumanMessage(content=new)], "model": "fake", "conversation_id": conversation_id, "params": {}}
+        {
+            "app_id": APP,
+            "messages": [HumanMessage(content=new)],
+            "model": "fake",
+            "conversation_id": conversation_id,
+            "params": {},
+        }
     )
 
     [prompt] = fake.received
@@ -340,7 +358,7 @@ async def test_load_memory_window_is_bounded_by_the_room_left_in_the_context(sto
         ChatDeps(models=registry, store=store, memory=SqlMemory(store), memory_max_tokens=10_000)
     )
     await graph.ainvoke(
-        {"messages": [HumanMessage(content=padded("q4", TEXT_TOKENS))], "conversation_id": conversation_id}
+        {"app_id": APP, "messages": [HumanMessage(content=padded("q4", TEXT_TOKENS))], "conversation_id": conversation_id}
     )
     [prompt] = fake.received
     assert labels(prompt) == ["q3", "a3", "q4"]  # no system prompt configured
@@ -351,10 +369,13 @@ async def test_redis_list_holds_the_turns_the_graph_ran(store, redis, prefix):
     registry, fake = fake_registry()
     graph = build_chat_graph(ChatDeps(models=registry, store=store, memory=memory))
 
-    first = await graph.ainvoke({"messages": [HumanMessage(content="hello")], "conversation_id": "new"})
+    first = await graph.ainvoke({"app_id": APP, "messages": [HumanMessage(content="hello")], "conversation_id": "new"})
     conversation_id = first["conversation_id"]
     assert conversation_id.startswith("conv_") and first["created_conversation"] is True
-    second = await graph.ainvoke({"messages": [HumanMessage(content="again")], "conversation_id": conversation_id})
+    assert (await store.get_conversation(conversation_id, app_id=APP)).title == "hello"
+    second = await graph.ainvoke(
+        {"app_id": APP, "messages": [HumanMessage(content="again")], "conversation_id": conversation_id}
+    )
 
     # The second prompt carried the first turn.
     assert pairs(fake.received[1]) == [("human", "hello"), ("ai", "fake answer"), ("human", "again")]
@@ -372,8 +393,18 @@ async def test_graph_on_unknown_conversation_is_not_found_before_the_model(store
     registry, fake = fake_registry()
     graph = build_chat_graph(ChatDeps(models=registry, store=store, memory=SqlMemory(store)))
     with pytest.raises(NotFound) as info:
-        await graph.ainvoke({"messages": [HumanMessage(content="hi")], "conversation_id": "conv_missing"})
+        await graph.ainvoke({"app_id": APP, "messages": [HumanMessage(content="hi")], "conversation_id": "conv_missing"})
     assert info.value.param == "conversation_id"
+
+    # Another app's conversation is just as unknown.
+    conversation = await store.create_conversation(app_id=APP)
+    with pytest.raises(NotFound):
+        await graph.ainvoke(
+            {"app_id": "app_someone_else", "messages": [HumanMessage(content="hi")], "conversation_id": conversation.id}
+        )
+    # And a call with no app is refused.
+    with pytest.raises(InvalidRequest):
+        await graph.ainvoke({"messages": [HumanMessage(content="hi")]})
     assert fake.received == []
 
 
@@ -391,12 +422,12 @@ async def test_context_length_exceeded_when_messages_and_max_tokens_overflow_the
     graph = build_chat_graph(ChatDeps(models=registry, store=store, memory=SqlMemory(store), system_prompt="S"))
 
     fits = [HumanMessage(content=padded("fits", 60 - 4 - (1 + 4)))]  # system "S" is 1 + 4
-    await graph.ainvoke({"messages": fits, "params": {}})
+    await graph.ainvoke({"app_id": APP, "messages": fits, "params": {}})
     assert len(fake.received) == 1
 
     too_long = [HumanMessage(content=padded("long", 60 - 4 - (1 + 4) + 1))]
     with pytest.raises(ContextLengthExceeded) as info:
-        await graph.ainvoke({"messages": too_long, "conversation_id": "new"})
+        await graph.ainvoke({"app_id": APP, "messages": too_long, "conversation_id": "new"})
     error = info.value
     assert error.status_code == 400 and error.code == "context_length_exceeded" and error.param == "messages"
     assert "maximum context length is 100 tokens" in error.message
@@ -405,10 +436,51 @@ async def test_context_length_exceeded_when_messages_and_max_tokens_overflow_the
     assert await count(db, Message) == 0 and await count(db, Usage) == 1  # only the first, stateless turn
 
     # A smaller max_tokens leaves room for the same messages.
-    result = await graph.ainvoke({"messages": too_long, "params": {"max_tokens": 39}})
+    result = await graph.ainvoke({"app_id": APP, "messages": too_long, "params": {"max_tokens": 39}})
     assert result["prompt_tokens"] == 61
     assert len(fake.received) == 2
 
     # max_tokens above the route's cap is capped before the check.
     with pytest.raises(ContextLengthExceeded):
-        await graph.ainvoke({"messages": too_long, "params": {"max_tokens": 1000}})
+        await graph.ainvoke({"app_id": APP, "messages": too_long, "params": {"max_tokens": 1000}})
+
+
+async def test_redis_rebuild_racing_a_turn_or_a_delete_does_not_cache_a_stale_copy(redis_url, tmp_path):
+    """A rebuild reads the database, then writes Redis; a turn or a delete in between must win."""
+    from redis.asyncio import Redis
+
+    from memory import ConversationStore, Database, RedisMemory
+    from memory.messages import from_record
+
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'race.db'}")
+    await db.create_schema()
+    store = ConversationStore(db)
+    redis = Redis.from_url(redis_url)
+    memory = RedisMemory(redis, store, prefix=f"race-{tmp_path.name}:")
+    conversation = await store.create_conversation(app_id="app_race")
+    key = memory.key(conversation.id)
+    try:
+        old_rows = [("user", "q1"), ("assistant", "a1")]
+        # Another turn commits and appends while the list is missing: it marks the conversation stale...
+        await memory.append(conversation.id, [from_record("user", "q2"), from_record("assistant", "a2")], 4)
+        # ...so the racing rebuild, holding the rows it read before that turn, writes nothing.
+        import orjson
+
+        records = [orjson.dumps({"role": r, "content": c}) for r, c in old_rows]
+        assert await memory._rebuild(keys=[key, memory.stale_key(conversation.id)], args=[60, *records]) == 0
+        assert await redis.exists(key) == 0
+
+        await redis.delete(memory.stale_key(conversation.id))
+        await memory.forget(conversation.id)  # a delete marks it stale too
+        assert await memory._rebuild(keys=[key, memory.stale_key(conversation.id)], args=[60, *records]) == 0
+        assert await redis.exists(key) == 0
+
+        # A list that holds other than the messages before a turn (an old copy) is dropped, not extended.
+        await redis.delete(memory.stale_key(conversation.id))
+        assert await memory._rebuild(keys=[key, memory.stale_key(conversation.id)], args=[60, *records]) == 1
+        await memory.append(conversation.id, [from_record("user", "q3"), from_record("assistant", "a3")], 6)
+        assert await redis.exists(key) == 0
+    finally:
+        await redis.delete(key, memory.stale_key(conversation.id))
+        await redis.aclose()
+        await db.close()
