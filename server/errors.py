@@ -26,6 +26,8 @@ def validation_error(exc: RequestValidationError) -> APIError:
     if not errors:
         return InvalidRequest("Invalid request body.")
     first = errors[0]
+    if not isinstance(first, dict):  # LangServe raises it with plain strings
+        return InvalidRequest(f"Invalid request: {str(first)[:500]}", code="invalid_value")
     location = [str(part) for part in first.get("loc", ())]
     if location and location[0] in ("body", "query", "path", "header", "cookie"):
         location = location[1:]  # where FastAPI found it, not the parameter's name

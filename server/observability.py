@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 REQUEST_ID_HEADER = b"x-request-id"
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
 _request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 access_log = logging.getLogger("genai.access")
@@ -51,9 +53,10 @@ def sane_request_id(value: str | None) -> str | None:
 
 # ---------------------------------------------------------------- redaction
 
-_AUTHORIZATION = re.compile(r"""(?i)((?:proxy-)?authorization['"]?\s*[:=,]\s*b?['"]?)[^'"\\\n,)}\]]+""")
+_AUTHORIZATION = re.compile(r"""(?i)((?:proxy-)?authorization['"]?\s*[:=,]\s*(?:b?['"])?)[^'"\\\n,)}\]]+""")
 _BEARER = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]+")
-_SECRET_KEY = re.compile(r"\bsk-[A-Za-z0-9_-]{8,}")
+# Longer than a key prefix ("sk-" and 9 characters, logged on purpose to tell keys apart): a secret.
+_SECRET_KEY = re.compile(r"\bsk-[A-Za-z0-9_-]{10,}")
 
 
 def _mask_key(match: re.Match[str]) -> str:
@@ -87,6 +90,7 @@ class RedactSecrets(logging.Filter):
 # ---------------------------------------------------------------- JSON lines
 
 _RECORD_FIELDS = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "taskName"}
+_RECORD_FIELDS.add("color_message")  # uvicorn's copy of the message with terminal colours
 
 
 class JsonFormatter(logging.Formatter):
@@ -138,8 +142,6 @@ def logging_config(level: str = "info") -> dict[str, Any]:
             "uvicorn": {"handlers": [], "level": level, "propagate": True},
             "uvicorn.error": {"handlers": [], "level": level, "propagate": True},
             "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
-            "httpx": {"level": "WARNING"},  # one INFO line per upstream call otherwise
-            "httpcore": {"level": "WARNING"},
         },
     }
 
@@ -193,8 +195,9 @@ class RequestContext:
         route = getattr(scope.get("route"), "path", None)
         method = scope.get("method", "")
         if self.metrics is not None:
-            # Unmatched URLs share one label: raw paths would make the series unbounded.
-            self.metrics.observe_request(method, route or "unmatched", status, seconds)
+            # Unmatched URLs and made-up methods share one label: raw values would make the series unbounded.
+            label = method if method in _METHODS else "other"
+            self.metrics.observe_request(label, route or "unmatched", status, seconds)
         state = scope.get("state") or {}
         fields: dict[str, Any] = {
             "method": method,

@@ -15,6 +15,7 @@ from fastapi import Request
 from limits import RateLimitItemPerMinute
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from limits.util import WindowStats
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chains.errors import RateLimited
@@ -29,6 +30,15 @@ def _duration(seconds: float) -> str:
         return f"{max(int(seconds * 1000), 0)}ms"
     minutes, secs = divmod(math.ceil(seconds), 60)
     return f"{minutes}m{secs}s" if minutes else f"{secs}s"
+
+
+def _reset_in(stats: WindowStats, limit: int) -> float:
+    """Seconds until the window frees budget. ``limits`` reports a window opened this very millisecond
+    (Redis TTL of exactly two windows) as resetting now, by a modulo; it resets a whole window later."""
+    reset = stats.reset_time - time.time()
+    if reset <= 0 and stats.remaining < limit:
+        reset = 60.0
+    return max(reset, 0.0)
 
 
 class RateLimiter:
@@ -49,7 +59,7 @@ class RateLimiter:
             item = RateLimitItemPerMinute(caller.rpm)
             admitted = await self.strategy.hit(item, "requests", caller.key_id)
             stats = await self.strategy.get_window_stats(item, "requests", caller.key_id)
-            reset = max(stats.reset_time - time.time(), 0.0)
+            reset = _reset_in(stats, caller.rpm)
             headers["x-ratelimit-limit-requests"] = str(caller.rpm)
             headers["x-ratelimit-remaining-requests"] = str(max(stats.remaining, 0))
             headers["x-ratelimit-reset-requests"] = _duration(reset)
@@ -58,7 +68,7 @@ class RateLimiter:
         if caller.tpm:
             item = RateLimitItemPerMinute(caller.tpm)
             stats = await self.strategy.get_window_stats(item, "tokens", caller.key_id)
-            reset = max(stats.reset_time - time.time(), 0.0)
+            reset = _reset_in(stats, caller.tpm)
             headers["x-ratelimit-limit-tokens"] = str(caller.tpm)
             headers["x-ratelimit-remaining-tokens"] = str(max(stats.remaining, 0))
             headers["x-ratelimit-reset-tokens"] = _duration(reset)
@@ -79,12 +89,14 @@ class RateLimiter:
         if self.on_reject is not None:
             self.on_reject(kind)
         limit = caller.rpm if kind == "requests" else caller.tpm
-        raise RateLimited(
+        error = RateLimited(
             f"Rate limit reached for key {caller.key_prefix}... on {kind} per minute: limit {limit}. "
             f"Please try again in {_duration(reset)}.",
             code="rate_limit_exceeded",
             headers={**headers, "retry-after": str(max(math.ceil(reset), 1))},
         )
+        error.type = kind  # OpenAI's type names the exhausted limit: "requests" or "tokens"
+        raise error
 
 
 class RateLimitHeaders:

@@ -82,6 +82,11 @@ def key_object(key: ApiKey, app_name: str | None) -> dict:
     }
 
 
+async def _app_name(services, app_id: str | None) -> str | None:
+    """The name of a key's app (None for admin keys), for responses that start from the key record."""
+    return (await services.tenants.get_app(app_id)).name if app_id else None
+
+
 def _check_models(services, models: list[str] | None) -> None:
     unknown = [name for name in models or [] if name not in services.models]
     if unknown:
@@ -118,7 +123,7 @@ async def create_key(body: KeyCreate, _: AdminCaller, services: ServicesDep) -> 
         body.app, name=body.name, rpm=body.rpm, tpm=body.tpm, expires_in_days=body.expires_in_days
     )
     # The secret is returned this once; only its hash is stored.
-    return {**key_object(created.record, body.app), "key": created.key}
+    return {**key_object(created.record, await _app_name(services, created.record.app_id)), "key": created.key}
 
 
 @router.get("/keys")
@@ -132,11 +137,11 @@ async def list_keys(
 async def update_key(key: str, body: KeyUpdate, _: AdminCaller, services: ServicesDep) -> dict:
     updated = await services.tenants.update_key(key, **body.model_dump(exclude_unset=True))
     services.auth.forget()
-    return key_object(updated, None)
+    return key_object(updated, await _app_name(services, updated.app_id))
 
 
 @router.post("/keys/{key}/revoke")
 async def revoke_key(key: str, _: AdminCaller, services: ServicesDep) -> dict:
     revoked = await services.tenants.revoke_key(key)
     services.auth.forget()
-    return key_object(revoked, None)
+    return key_object(revoked, await _app_name(services, revoked.app_id))

@@ -15,23 +15,29 @@ from server.deps import AnyCaller, ServicesDep
 router = APIRouter(prefix="/v1", tags=["usage"])
 
 DEFAULT_SPAN = 30 * 86400
+MAX_TIME = 253402300799  # 9999-12-31T23:59:59Z; larger numbers overflow the database's integers
 
 
 def parse_time(value: str | None, param: str) -> int | None:
     """Unix seconds or an ISO date/time (UTC when no zone is given)."""
     if value is None:
         return None
-    if value.isdigit():
-        return int(value)
-    try:
-        moment = dt.datetime.fromisoformat(value)
-    except ValueError:
-        raise InvalidRequest(
-            f"Invalid value for '{param}': use unix seconds or an ISO date such as 2026-11-25.", param=param
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.UTC)
-    return int(moment.timestamp())
+    invalid = InvalidRequest(
+        f"Invalid value for '{param}': use unix seconds or an ISO date such as 2026-11-25.", param=param
+    )
+    if value.isascii() and value.isdigit():  # not str.isdigit alone: "²" is a digit that int() refuses
+        seconds = int(value)
+    else:
+        try:
+            moment = dt.datetime.fromisoformat(value)
+        except ValueError:
+            raise invalid from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=dt.UTC)
+        seconds = int(moment.timestamp())
+    if seconds > MAX_TIME:
+        raise invalid
+    return seconds
 
 
 @router.get("/usage")
@@ -43,8 +49,12 @@ async def get_usage(
     group_by: Literal["day", "model", "key", "app"] = "day",
     app: Annotated[str | None, Query(max_length=128, description="admin key only: one app")] = None,
 ) -> dict:
-    end_at = parse_time(end, "end") or int(time.time()) + 1
-    start_at = parse_time(start, "start") or end_at - DEFAULT_SPAN
+    end_at = parse_time(end, "end")
+    if end_at is None:  # not `or`: 0 is a valid time
+        end_at = int(time.time()) + 1
+    start_at = parse_time(start, "start")
+    if start_at is None:
+        start_at = end_at - DEFAULT_SPAN
     if start_at >= end_at:
         raise InvalidRequest("'start' must be before 'end'.", param="start")
     if caller.is_admin:
