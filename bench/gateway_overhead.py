@@ -21,11 +21,16 @@ requests. Target: the platform adds at most 8 ms at p50, concurrency 1.
 
 Part 2, local model. The local llama.cpp server (Gemma 3 270M) and a platform on the
 embedded defaults pointed at it (``GENAI_LOCAL_MODEL_URL``). Streamed requests with the
-same prompts and generation parameters alternate direct and platform (A B B A per
-prompt); completion tokens come from the ``usage`` of non-streaming requests, which are
-deterministic at temperature 0. Target: platform tokens/s within 5% of direct.
+same prompts and generation parameters alternate direct and platform in blocks
+(D P P D, then P D D P); completion tokens come from the ``usage`` of non-streaming
+requests, which give the same text at temperature 0. Target: platform tokens/s within
+5% of direct.
 
-Every child process is stopped on exit, also on Ctrl-C or SIGTERM.
+When the platform has API keys, an app and a key are created in its fresh temporary
+database before it starts, and every request (both sides) carries the key. Redis
+memory keys of the run's conversations are deleted at the end (DB 14 by default).
+``--platform-ref HEAD`` runs the platform from ``git archive HEAD`` instead of the
+working tree. Every child process is stopped on exit, also on Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -67,7 +72,7 @@ TARGET_TOKENS_RATIO = 0.95
 LOCAL_PROMPTS = [
     "Describe a busy city market in great detail: the stalls, the smells, the sounds, the people and the goods for sale.",
     "Write a long essay about the ocean and the creatures that live in it.",
-    "Describe the ocean, its currents, its depths and all the creatures that live in it, in one long paragraph.",
+    "Tell the long story of a young sailor who crosses the Atlantic alone in a small boat.",
 ]
 # The platform's local route adds repeat_penalty and top_k (chains.local_model.LOCAL_DEFAULTS);
 # direct requests send the same values, so both sides generate the same tokens.
@@ -97,11 +102,11 @@ class Children:
     def _on_signal(signum, _frame) -> None:
         raise SystemExit(128 + signum)
 
-    def popen(self, name: str, command: list[str], env: dict[str, str]) -> subprocess.Popen:
+    def popen(self, name: str, command: list[str], env: dict[str, str], cwd: Path = ROOT) -> subprocess.Popen:
         log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115
         process = subprocess.Popen(
             command,
-            cwd=ROOT,
+            cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -177,12 +182,73 @@ def wait_http(url: str, process: subprocess.Popen, log: Path, timeout: float = 9
     raise TimeoutError(f"{url} not ready within {timeout:g} s (last: {last})")
 
 
-def start_platform(children: Children, name: str, port: int, env: dict[str, str]) -> str:
+# Run in the platform's source tree with its environment: when the platform has API keys
+# (memory.tenants), create an app and a key for it in the fresh database and print the key.
+PROVISION = r"""
+import asyncio, pathlib
+import memory
+from server.settings import Settings
+from memory.db import Database
+
+async def main():
+    # Look in this source tree only (the editable install would find the working tree's module).
+    if not (pathlib.Path(memory.__file__).parent / "tenants.py").exists():
+        return print("")
+    from memory.tenants import TenantStore
+    db = Database(Settings().resolved_database_url)
+    try:
+        await db.create_schema()
+        tenants = TenantStore(db)
+        await tenants.create_app("bench")
+        print((await tenants.create_key("bench", name="bench")).key)
+    finally:
+        await db.close()
+
+asyncio.run(main())
+"""
+
+
+def provision_key(root: Path, env: dict[str, str]) -> str | None:
+    """An API key of a fresh app (no limits) when the platform knows API keys, else None."""
+    done = subprocess.run(
+        [sys.executable, "-c", PROVISION], cwd=root, env=env, capture_output=True, text=True, timeout=120
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"could not create an API key for the benchmark:\n{done.stderr[-3000:]}")
+    lines = done.stdout.strip().splitlines()
+    return lines[-1].strip() if lines and lines[-1].strip() else None
+
+
+def start_platform(children: Children, name: str, port: int, env: dict[str, str], root: Path) -> tuple[str, str | None]:
+    """The platform (``genai serve``) from ``root`` on ``port``, ready; its URL and an API key (or None)."""
+    Path(env["GENAI_DATA_DIR"]).mkdir(parents=True, exist_ok=True)
+    api_key = provision_key(root, env)
     command = [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    process = children.popen(name, command, env)
+    process = children.popen(name, command, env, cwd=root)
     url = f"http://127.0.0.1:{port}"
     wait_http(f"{url}/readyz", process, children.workdir / f"{name}.log")
-    return url
+    return url, api_key
+
+
+def platform_source(args: argparse.Namespace, workdir: Path) -> tuple[Path, str]:
+    """Where the platform runs from, and a description: the working tree, or a ``git archive`` of a ref."""
+    def git(*argv: str) -> str:
+        return subprocess.run(["git", "-C", str(ROOT), *argv], capture_output=True, text=True, check=True).stdout.strip()
+
+    if args.platform_ref:
+        commit = git("rev-parse", "--verify", f"{args.platform_ref}^{{commit}}")
+        target = workdir / "platform-src"
+        target.mkdir()
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit], capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+        return target, f"git archive of {args.platform_ref} ({commit[:10]}) in {target}"
+    try:
+        head = git("rev-parse", "--short=10", "HEAD")
+        dirty = [line for line in git("status", "--porcelain", "--untracked-files=no").splitlines() if line.strip()]
+        state = f"HEAD {head}" + (f" + uncommitted changes in {len(dirty)} files" if dirty else ", clean")
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        state = "not a git checkout"
+    return ROOT, f"working tree {ROOT} ({state})"
 
 
 # --------------------------------------------------------------------------- HTTP client
@@ -200,10 +266,11 @@ class RawConnection:
     """One keep-alive HTTP/1.1 connection, parsed with httptools: far cheaper than a
     general client, so that on a 2-core machine the load generator steals little CPU."""
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, api_key: str | None = None) -> None:
         parsed = httpx.URL(base_url)
         self.host, self.port = parsed.host, parsed.port
         self.prefix = parsed.path.rstrip("/")
+        self.auth = f"Authorization: Bearer {api_key}\r\n" if api_key else ""
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
         self._body: list[bytes] = []
@@ -241,7 +308,7 @@ class RawConnection:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         head = (
             f"POST {self.prefix}{path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-            f"Content-Type: application/json\r\nAccept: */*\r\nContent-Length: {len(payload)}\r\n\r\n"
+            f"Content-Type: application/json\r\nAccept: */*\r\n{self.auth}Content-Length: {len(payload)}\r\n\r\n"
         ).encode()
         self._body, self._complete, self._first_byte = [], False, 0.0
         parser = httptools.HttpResponseParser(self)
@@ -260,8 +327,11 @@ class RawConnection:
 class HttpxConnection:
     """The same interface over one ``httpx.AsyncClient`` (``--client httpx``)."""
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, api_key: str | None = None) -> None:
         self.client = httpx.AsyncClient(base_url=base_url, timeout=300, limits=httpx.Limits(max_keepalive_connections=1))
+        self.headers = {"Content-Type": "application/json"}
+        if api_key:
+            self.headers["Authorization"] = f"Bearer {api_key}"
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -269,8 +339,8 @@ class HttpxConnection:
     async def post(self, path: str, payload: bytes) -> Reply:
         body: list[bytes] = []
         first = 0.0
-        headers = {"Content-Type": "application/json"}
-        async with self.client.stream("POST", self.client.base_url.path.rstrip("/") + path, content=payload, headers=headers) as response:
+        url = self.client.base_url.path.rstrip("/") + path
+        async with self.client.stream("POST", url, content=payload, headers=self.headers) as response:
             async for data in response.aiter_raw():
                 if not body:
                     first = time.perf_counter()
@@ -279,8 +349,8 @@ class HttpxConnection:
         return Reply(response.status_code, b"".join(body), first or done, done)
 
 
-def connection(kind: str, base_url: str):
-    return RawConnection(base_url) if kind == "raw" else HttpxConnection(base_url)
+def connection(kind: str, base_url: str, api_key: str | None = None):
+    return RawConnection(base_url, api_key) if kind == "raw" else HttpxConnection(base_url, api_key)
 
 
 def check(reply: Reply, stream: bool, what: str) -> None:
@@ -326,6 +396,7 @@ class Target:
     name: str
     base_url: str
     client: str
+    api_key: str | None = None  # sent to both sides alike
     conversations: list[str] = field(default_factory=list)  # platform only
     counter: int = 0
 
@@ -343,7 +414,7 @@ class Target:
 
 
 async def new_conversations(platform: Target, count: int) -> list[str]:
-    conn = connection(platform.client, platform.base_url)
+    conn = connection(platform.client, platform.base_url, platform.api_key)
     ids = []
     try:
         for n in range(count):
@@ -385,7 +456,7 @@ async def forget_conversations(redis_url: str, ids: list[str]) -> None:
 
 async def latency_c1(direct: Target, platform: Target, stream: bool, requests: int, warmup: int) -> dict[str, list[float]]:
     """Sequential requests, direct and platform alternating (order flipped every pair)."""
-    conns = {t.name: connection(t.client, t.base_url) for t in (direct, platform)}
+    conns = {t.name: connection(t.client, t.base_url, t.api_key) for t in (direct, platform)}
     timings: dict[str, list[float]] = {direct.name: [], platform.name: []}
     try:
         for i in range(warmup + requests):
@@ -405,7 +476,7 @@ async def latency_c1(direct: Target, platform: Target, stream: bool, requests: i
 
 async def throughput_segment(target: Target, stream: bool, concurrency: int, warmup_s: float, seconds: float) -> tuple[int, list[float]]:
     """``concurrency`` workers, each on its own connection (and conversation), for warm-up + seconds."""
-    conns = [connection(target.client, target.base_url) for _ in range(concurrency)]
+    conns = [connection(target.client, target.base_url, target.api_key) for _ in range(concurrency)]
     begin = time.perf_counter()
     window = (begin + warmup_s, begin + warmup_s + seconds)
     done: list[tuple[float, float]] = []
@@ -454,21 +525,22 @@ def part_gateway(args: argparse.Namespace, children: Children) -> dict[str, Any]
         GENAI_MODEL_ROUTES=json.dumps(routes),
         GENAI_REDIS_URL=args.redis_url,
         GENAI_DATA_DIR=str(children.workdir / "data-gateway"),
-        GENAI_LOG_LEVEL=args.platform_log_level,
+        **({"GENAI_LOG_LEVEL": args.platform_log_level} if args.platform_log_level else {}),
     )
-    platform_url = start_platform(children, "platform-gateway", platform_port, env)
+    platform_url, api_key = start_platform(children, "platform-gateway", platform_port, env, args.platform_root)
     print(f"mock upstream   {upstream_url}  (pid {upstream.pid})")
     print(f"platform        {platform_url}  -> model `mock` at {upstream_url}/v1, Redis memory {args.redis_url}")
+    print(f"                {'an app API key made for the run' if api_key else 'no API key (this version has none)'}")
     print(flush=True)
 
-    direct = Target("direct", f"{upstream_url}/v1", args.client)
-    gateway = Target("platform", f"{platform_url}/v1", args.client)
+    direct = Target("direct", f"{upstream_url}/v1", args.client, api_key)
+    gateway = Target("platform", f"{platform_url}/v1", args.client, api_key)
     created: list[str] = []
     results: dict[str, Any] = {}
     try:
         for stream in (False, True):
             mode = "stream" if stream else "plain"
-            # Fresh conversations per phase, so that the history memory loads stays short
+            # Fresh conversations per phase, so that the history the platform loads stays short
             # and alike across phases (about requests / conversations turns each).
             gateway.conversations = asyncio.run(new_conversations(gateway, args.conversations))
             created += gateway.conversations
@@ -485,8 +557,17 @@ def part_gateway(args: argparse.Namespace, children: Children) -> dict[str, Any]
             print(f"  {mode:6s} c={args.concurrency}  {args.seconds:g} s measured each side: {time.perf_counter() - t0:5.1f} s", flush=True)
             results[mode] = {"c1": lat, "cn": thr, "history_c1": hist_c1, "history_cn": hist_cn}
 
+        # What the platform forwards for a continued conversation (memory + the new turn).
+        gateway.conversations = gateway.conversations[:1]
+        headers = {"Content-Type": "application/json"}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        httpx.post(
+            f"{gateway.base_url}/chat/completions", content=gateway.body(False), headers=headers, timeout=30
+        ).raise_for_status()
         forwarded = httpx.get(f"{upstream_url}/_last", timeout=5).json()
         results["forwarded_messages"] = len(forwarded.get("messages") or [])
+        results["forwarded_keys"] = sorted(forwarded)
     finally:
         asyncio.run(forget_conversations(args.redis_url, created))
         children.stop("platform-gateway")
@@ -531,7 +612,10 @@ def report_gateway(results: dict[str, Any], args: argparse.Namespace) -> list[st
         line = f"  {label:20s} added p50 {added:+7.2f} ms  ->  {'MET' if ok else 'NOT MET'};  rps ratio (platform/direct) at c={args.concurrency}: {ratio:.3f}"
         print(line)
         lines.append(line)
-    print(f"  (the last request the upstream got from the platform carried {results['forwarded_messages']} messages: memory + the new turn)")
+    print(
+        f"  (a continued conversation's request reached the upstream with {results['forwarded_messages']} messages, "
+        f"memory + the new turn; fields {', '.join(results['forwarded_keys'])})"
+    )
     return lines
 
 
@@ -547,11 +631,24 @@ class Generation:
     tokens: int
     chunks: int
     text: str
+    matched: bool  # the streamed text is the non-streaming reference's: its usage counts its tokens
 
 
-async def local_runs(direct_url: str, platform_url: str, rounds: int, client: str) -> tuple[list[Generation], dict[int, dict[str, Any]]]:
-    direct = connection(client, direct_url)
-    gateway = connection(client, platform_url)
+def normalized(text: str) -> str:
+    return " ".join(text.split())
+
+
+async def local_runs(
+    direct_url: str, platform_url: str, rounds: int, client: str, api_key: str | None, count_tokens: Callable[[str], int]
+) -> tuple[list[Generation], dict[int, dict[str, Any]]]:
+    """Non-streaming references, then timed streams in blocks D P P D per round.
+
+    llama.cpp reuses the KV cache of the previous request's common prefix, and a different
+    split of the prompt evaluation can tip a greedy choice. So every block runs the prompts
+    in the same cyclic order: each request for prompt i follows a request for prompt i-1,
+    on either side, and both sides generate the same tokens.
+    """
+    conns = {"direct": connection(client, direct_url, api_key), "platform": connection(client, platform_url, api_key)}
 
     def body(side: str, prompt: str, stream: bool) -> bytes:
         payload: dict[str, Any] = {
@@ -564,47 +661,63 @@ async def local_runs(direct_url: str, platform_url: str, rounds: int, client: st
             payload.update(LOCAL_DIRECT_EXTRA)
         return orjson.dumps(payload)
 
-    conns = {"direct": direct, "platform": gateway}
-    reference: dict[int, dict[str, Any]] = {}
+    async def plain(side: str, prompt: str) -> dict[str, Any]:
+        reply = await conns[side].post("/chat/completions", body(side, prompt, False))
+        check(reply, False, f"{side} local model")
+        data = orjson.loads(reply.body)
+        choice = data["choices"][0]
+        return {"tokens": data["usage"]["completion_tokens"], "text": choice["message"]["content"], "finish": choice["finish_reason"]}
+
+    reference: dict[int, dict[str, Any]] = {index: {} for index in range(len(LOCAL_PROMPTS))}
     runs: list[Generation] = []
     try:
-        # Token counts: non-streaming, deterministic at temperature 0, checked on both sides.
-        for index, prompt in enumerate(LOCAL_PROMPTS):
-            ref = {}
-            for side in ("direct", "platform"):
-                reply = await conns[side].post("/chat/completions", body(side, prompt, False))
-                check(reply, False, f"{side} local model")
-                data = orjson.loads(reply.body)
-                ref[side] = {
-                    "tokens": data["usage"]["completion_tokens"],
-                    "text": data["choices"][0]["message"]["content"],
-                    "finish": data["choices"][0]["finish_reason"],
-                }
-            reference[index] = ref
-        # Timed streams: A B B A per prompt and round, flipping the first side each round.
+        for prompt in LOCAL_PROMPTS:  # warm-up: model pages, the platform's tokenizer, the cache cycle
+            await plain("direct", prompt)
+        for side in ("direct", "platform"):
+            for index, prompt in enumerate(LOCAL_PROMPTS):
+                reference[index][side] = await plain(side, prompt)
         for rnd in range(rounds):
             first, second = ("direct", "platform") if rnd % 2 == 0 else ("platform", "direct")
-            for index, prompt in enumerate(LOCAL_PROMPTS):
-                for side in (first, second, second, first):
+            for side in (first, second, second, first):
+                for index, prompt in enumerate(LOCAL_PROMPTS):
                     started = time.perf_counter()
                     reply = await conns[side].post("/chat/completions", body(side, prompt, True))
                     check(reply, True, f"{side} local model (stream)")
                     contents = sse_contents(reply.body)
+                    text = "".join(contents)
+                    ref = reference[index][side]
+                    matched = normalized(text) == normalized(ref["text"])
                     runs.append(
                         Generation(
                             side=side,
                             prompt=index,
                             seconds=reply.done - started,
                             first_byte_s=reply.first_byte - started,
-                            tokens=reference[index][side]["tokens"],
+                            tokens=ref["tokens"] if matched else count_tokens(text),
                             chunks=len(contents),
-                            text="".join(contents),
+                            text=text,
+                            matched=matched,
                         )
                     )
     finally:
-        await direct.close()
-        await gateway.close()
+        for conn in conns.values():
+            await conn.close()
     return runs, reference
+
+
+def gguf_token_counter(path: Path) -> Callable[[str], int]:
+    """Tokens of a text by the model's own vocabulary (only for streams that differ from their reference)."""
+    vocab = None
+
+    def count(text: str) -> int:
+        nonlocal vocab
+        if vocab is None:  # loaded on first use: it writes llama.cpp's notices to stderr
+            from llama_cpp import Llama
+
+            vocab = Llama(model_path=str(path), vocab_only=True, verbose=False)
+        return len(vocab.tokenize((" " + text.strip()).encode("utf-8"), add_bos=False))
+
+    return count
 
 
 def part_local(args: argparse.Namespace, children: Children) -> dict[str, Any]:
@@ -621,15 +734,23 @@ def part_local(args: argparse.Namespace, children: Children) -> dict[str, Any]:
         GENAI_LOCAL_MODEL_CONTEXT="2048",
         GENAI_REDIS_URL=args.redis_url,
         GENAI_DATA_DIR=str(children.workdir / "data-local"),
-        GENAI_LOG_LEVEL=args.platform_log_level,
+        **({"GENAI_LOG_LEVEL": args.platform_log_level} if args.platform_log_level else {}),
     )
-    platform_url = start_platform(children, "platform-local", port, env)
+    platform_url, api_key = start_platform(children, "platform-local", port, env, args.platform_root)
     print(f"platform        {platform_url}  -> {LOCAL_MODEL_NAME} at {server.base_url} (embedded defaults)")
     print(flush=True)
     try:
         t0 = time.perf_counter()
-        runs, reference = asyncio.run(local_runs(server.base_url, f"{platform_url}/v1", args.local_rounds, args.client))
-        print(f"  {len(runs)} streamed generations + {2 * len(LOCAL_PROMPTS)} non-streaming: {time.perf_counter() - t0:5.1f} s", flush=True)
+        runs, reference = asyncio.run(
+            local_runs(
+                server.base_url, f"{platform_url}/v1", args.local_rounds, args.client, api_key, gguf_token_counter(MODEL_PATH)
+            )
+        )
+        print(
+            f"  {len(runs)} streamed generations + {3 * len(LOCAL_PROMPTS)} non-streaming (warm-up, references): "
+            f"{time.perf_counter() - t0:5.1f} s",
+            flush=True,
+        )
     finally:
         children.stop("platform-local")
         children.stop("llama.cpp")
@@ -645,9 +766,10 @@ def report_local(results: dict[str, Any], args: argparse.Namespace) -> list[str]
     print(f"Part 2: local model ({LOCAL_MODEL_NAME} under llama.cpp, 2 threads), streamed end to end")
     print("=" * width)
     params = {**LOCAL_PARAMS, **LOCAL_DIRECT_EXTRA}
-    print(f"generation: {json.dumps(params)}  ({len(LOCAL_PROMPTS)} prompts, {args.local_rounds} rounds of A B B A)")
+    print(f"generation: {json.dumps(params)}")
+    print(f"{len(LOCAL_PROMPTS)} prompts; {args.local_rounds} rounds of blocks D P P D / P D D P, each block streams every prompt once")
     for index, ref in reference.items():
-        same = ref["direct"]["text"].strip() == ref["platform"]["text"].strip()
+        same = normalized(ref["direct"]["text"]) == normalized(ref["platform"]["text"])
         print(
             f"  prompt {index}: {ref['direct']['tokens']} completion tokens direct, {ref['platform']['tokens']} via platform "
             f"(finish {ref['direct']['finish']}/{ref['platform']['finish']}; same text: {'yes' if same else 'NO'})"
@@ -662,6 +784,7 @@ def report_local(results: dict[str, Any], args: argparse.Namespace) -> list[str]
         per_run = sorted(r.tokens / r.seconds for r in mine)
         summary[side] = {
             "n": len(mine),
+            "matched": sum(r.matched for r in mine),
             "tokens": tokens / len(mine),
             "chunks": sum(r.chunks for r in mine) / len(mine),
             "first_ms": 1000 * sum(r.first_byte_s for r in mine) / len(mine),
@@ -675,6 +798,7 @@ def report_local(results: dict[str, Any], args: argparse.Namespace) -> list[str]
     print(f"{'':34s}{'llama.cpp':>12s}{'platform':>12s}{'ratio':>10s}")
     rows = [
         ("streamed requests", "n", "{:12d}", False),
+        ("  same text as reference", "matched", "{:12d}", False),
         ("completion tokens / request", "tokens", "{:12.1f}", False),
         ("content chunks / request", "chunks", "{:12.1f}", False),
         ("time to first byte, ms", "first_ms", "{:12.1f}", True),
@@ -708,8 +832,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--conversations", type=int, default=32, help="conversations per concurrency-1 phase (default 32)")
     parser.add_argument("--client", choices=("raw", "httpx"), default="raw", help="load client (default raw asyncio + httptools)")
     parser.add_argument("--redis-url", default=REDIS_URL, help=f"Redis for the platform's memory (default {REDIS_URL})")
-    parser.add_argument("--platform-log-level", default="warning", help="GENAI_LOG_LEVEL of the platform (default warning: no access log)")
-    parser.add_argument("--local-rounds", type=int, default=2, help="rounds of A B B A per prompt in part 2 (default 2)")
+    parser.add_argument(
+        "--platform-log-level",
+        help="GENAI_LOG_LEVEL for the platform (default: its own default, info, with an access log line per request)",
+    )
+    parser.add_argument("--local-rounds", type=int, default=2, help="rounds of D P P D blocks in part 2 (default 2)")
+    parser.add_argument(
+        "--platform-ref",
+        help="run the platform from `git archive REF` instead of the working tree (e.g. HEAD while the tree is being edited)",
+    )
     parser.add_argument("--keep-logs", action="store_true", help="keep the temporary directory with the child processes' logs")
     parts = parser.add_mutually_exclusive_group()
     parts.add_argument("--local-model", action="store_true", help="run only part 2 (local model tokens/s)")
@@ -723,11 +854,15 @@ def main(argv: list[str] | None = None) -> int:
     run_local = not args.skip_local_model
     workdir = Path(tempfile.mkdtemp(prefix="genai-bench-"))
     started = time.perf_counter()
+    args.platform_root, source = platform_source(args, workdir)
     print("genai-platform gateway overhead benchmark")
     print(
         f"  machine: {os.cpu_count()} CPUs (usable {len(os.sched_getaffinity(0))}), {platform_module.machine()}, "
         f"Python {platform_module.python_version()}, load average {os.getloadavg()[0]:.2f}"
     )
+    cpus = len(os.sched_getaffinity(0))
+    if os.getloadavg()[0] > 0.5 * cpus:
+        print(f"  WARNING: load average {os.getloadavg()[0]:.2f} on {cpus} CPUs before the run: other processes compete, figures will be noisy")
     print(f"  client: {args.client} (one keep-alive connection per concurrent worker)")
     if run_gateway:
         print(
@@ -736,8 +871,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"          conversations: {args.conversations} per c=1 phase, {args.concurrency} per c={args.concurrency} phase (one per worker)")
     if run_local:
-        print(f"  part 2: {len(LOCAL_PROMPTS)} prompts x {args.local_rounds} rounds x A B B A streamed, model {MODEL_PATH.name}")
-    print(f"  platform: {sys.executable} -m server.cli serve (1 worker, GENAI_LOG_LEVEL={args.platform_log_level}); logs in {workdir}")
+        print(f"  part 2: {len(LOCAL_PROMPTS)} prompts x {args.local_rounds} rounds x blocks D P P D, streamed; model {MODEL_PATH.name}")
+    level = f"GENAI_LOG_LEVEL={args.platform_log_level}" if args.platform_log_level else "default log level"
+    print(f"  platform: {sys.executable} -m server.cli serve (1 worker, {level}, logs to a file)")
+    print(f"  platform code: {source}")
+    print(f"  logs: {workdir}")
     print(flush=True)
 
     report: list[str] = []

@@ -7,6 +7,7 @@ from the run config (``configurable.conversation_id``).
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,6 +16,9 @@ from langchain_core.messages import AIMessageChunk, AnyMessage
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableGenerator
 from pydantic import BaseModel, Field
 
+from chains.errors import APIError
+from memory.store import ConversationStore, TurnRecord
+
 
 class ChatRequest(BaseModel):
     """Input of /chat: the messages (only the new ones when the conversation is kept server-side)."""
@@ -22,7 +26,9 @@ class ChatRequest(BaseModel):
     messages: list[AnyMessage] = Field(description="chat messages, oldest first")
 
 
-def as_chat_runnable(graph) -> Runnable:
+def as_chat_runnable(graph, store: ConversationStore | None = None) -> Runnable:
+    """``store``, when given, gets a usage record for each request that fails inside the graph."""
+
     async def answer(inputs: AsyncIterator[Any], config: RunnableConfig) -> AsyncIterator[AIMessageChunk]:
         request: Any = None
         async for item in inputs:
@@ -38,12 +44,28 @@ def as_chat_runnable(graph) -> Runnable:
             **{key: configurable.get(key) for key in ("app_id", "key_prefix", "app_system_prompt", "allowed_models")},
         }
         info: dict[str, Any] = {}
-        async for mode, chunk in graph.astream(state, config, stream_mode=["custom", "updates"]):
-            if mode == "custom":
-                yield AIMessageChunk(content=chunk["delta"], id=state["response_id"])
-            else:
-                for update in chunk.values():
-                    info.update(update or {})
+        started = time.perf_counter()
+        try:
+            async for mode, chunk in graph.astream(state, config, stream_mode=["custom", "updates"]):
+                if mode == "custom":
+                    yield AIMessageChunk(content=chunk["delta"], id=state["response_id"])
+                else:
+                    for update in chunk.values():
+                        info.update(update or {})
+        except APIError as error:
+            if store is not None and state["app_id"]:
+                await store.record_turn(
+                    TurnRecord.failure(
+                        response_id=state["response_id"],
+                        app_id=state["app_id"],
+                        key_prefix=state["key_prefix"],
+                        model=info.get("model_name") or state["model"] or "",
+                        latency_ms=(time.perf_counter() - started) * 1000,
+                        stream=True,
+                        status=error.code or f"http_{error.status_code}",
+                    )
+                )
+            raise
         yield AIMessageChunk(
             content="",
             id=state["response_id"],

@@ -50,6 +50,34 @@ class TurnRecord:
     cached: bool = False
 
 
+    @classmethod
+    def failure(
+        cls,
+        *,
+        response_id: str,
+        app_id: str,
+        model: str,
+        status: str,
+        latency_ms: float,
+        key_prefix: str | None = None,
+        user: str | None = None,
+        stream: bool = False,
+    ) -> TurnRecord:
+        """The usage record of a request that failed: no tokens, no messages, its error code as status."""
+        return cls(
+            response_id=response_id,
+            app_id=app_id,
+            model=model,
+            prompt_tokens=0,
+            completion_tokens=0,
+            latency_ms=latency_ms,
+            key_prefix=key_prefix,
+            user=user,
+            stream=stream,
+            status=status,
+        )
+
+
 @dataclass
 class ConversationPage:
     items: list[Conversation]

@@ -133,7 +133,7 @@ class TenantStore:
             hash=hash_key(secret),
             rpm=rpm,
             tpm=tpm,
-            expires_at=now() + int(expires_in_days * 86400) if expires_in_days else None,
+            expires_at=now() + max(int(expires_in_days * 86400), 1) if expires_in_days else None,
             created_at=now(),
         )
         try:

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI, Request
 from langserve import add_routes
 
+from chains.errors import ModelNotFound
 from graphs.chat_runnable import as_chat_runnable
 from server.auth import require_app
 from server.completions import caller_state, trace_config
@@ -62,6 +63,7 @@ def mount_langserve(app: FastAPI, services: Services) -> None:
             configurable["conversation_id"] = conversation_id
         if model := request.headers.get("x-model"):
             configurable["model"] = model
+        await _check_before_streaming(services, caller, configurable)
         return {
             **config,
             "configurable": configurable,
@@ -71,10 +73,25 @@ def mount_langserve(app: FastAPI, services: Services) -> None:
 
     add_routes(
         app,
-        as_chat_runnable(services.chat_graph),
+        as_chat_runnable(services.chat_graph, services.store),
         path="/chat",
         playground_type="chat",
         per_req_config_modifier=per_request_config,
         enable_feedback_endpoint=False,
         dependencies=[Depends(require_app)],
     )
+
+
+async def _check_before_streaming(services: Services, caller, configurable: dict) -> None:
+    """Refuse an unknown model or conversation before LangServe starts a response.
+
+    Once LangServe streams, an error can only end the stream; checked here it gets its status.
+    """
+    chat = services.models.get(configurable.get("model"))
+    if not caller.may_use(chat.route.name):
+        raise ModelNotFound(
+            f"The model `{chat.route.name}` does not exist or you do not have access to it.", param="model"
+        )
+    conversation_id = configurable.get("conversation_id")
+    if conversation_id and conversation_id != "new":
+        await services.store.get_conversation(conversation_id, app_id=caller.app_id)

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chains.errors import APIError, InternalError, InvalidRequest, NotFound, PayloadTooLarge
+from server.auth import authenticate
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +64,27 @@ def _param_path(location: list[str]) -> str:
     return path
 
 
+_OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/docs", "/redoc", "/openapi.json")
+
+
+def _needs_key(request: Request) -> bool:
+    return not request.url.path.startswith(_OPEN_PATHS)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
         return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI parses the body before the auth dependency runs; a client without a valid
+        # key must learn that first, whatever its body looks like.
+        if _needs_key(request):
+            try:
+                await authenticate(request)
+            except APIError as error:
+                return error_response(error)
         return error_response(validation_error(exc))
 
     @app.exception_handler(StarletteHTTPException)

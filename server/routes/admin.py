@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
 from chains.errors import InvalidRequest
 from memory.models import ApiKey, App
@@ -25,6 +25,13 @@ class AppCreate(BaseModel):
     allowed_models: list[StrictStr] | None = Field(None, description="route names; all routes when omitted")
     rpm: Limit | None = Field(None, description="default requests per minute for the app's keys")
     tpm: Limit | None = Field(None, description="default tokens per minute for the app's keys")
+
+    @field_validator("name")
+    @classmethod
+    def _not_like_an_id(cls, name: str) -> str:
+        if name.startswith("app_"):
+            raise ValueError("names starting with 'app_' are kept for app ids")
+        return name
 
 
 class AppUpdate(BaseModel):

@@ -35,14 +35,12 @@ async def create_chat_completion(
         """A usage record for a request that failed (successful ones are written by the graph)."""
         recorder.failed(error, info)
         await services.store.record_turn(
-            TurnRecord(
+            TurnRecord.failure(
                 response_id=state["response_id"],
                 app_id=caller.app_id,
                 key_prefix=caller.key_prefix,
                 user=body.user,
                 model=(info or {}).get("model_name") or body.model or services.models.default or "",
-                prompt_tokens=0,
-                completion_tokens=0,
                 latency_ms=(time.perf_counter() - started_at) * 1000,
                 stream=body.stream,
                 status=error.code or f"http_{error.status_code}",

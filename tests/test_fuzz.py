@@ -1,0 +1,237 @@
+"""Fuzzing the OpenAPI schema with schemathesis: no 5xx, responses match the schema, every 4xx in OpenAI's shape.
+
+The live app talks to a fast mock OpenAI-compatible upstream (a fixed reply, plain and streaming) instead of
+the real model, so hundreds of generated requests run in seconds. App routes are called with the tests
+app's key, /admin routes with the admin key.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import schemathesis
+import uvicorn
+from schemathesis.checks import not_a_server_error
+from schemathesis.core.failures import FailureGroup
+from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, StreamingResponse
+from starlette.routing import Route
+
+from chains.local_model import free_port
+from chains.models import ModelRoute
+from server.settings import Settings
+from tests.conftest import ADMIN_KEY, LiveServer
+
+pytestmark = pytest.mark.slow
+
+MAX_EXAMPLES = 15  # per operation and phase; the whole file stays well under a minute
+REPLY = "Mock reply."
+
+
+# ---------------------------------------------------------------- the mock upstream
+
+
+def _completion(model: str) -> dict:
+    return {
+        "id": "chatcmpl-mock",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": REPLY}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
+    }
+
+
+def _chunks(model: str, include_usage: bool) -> Iterator[str]:
+    base = {"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
+    deltas = [{"role": "assistant", "content": ""}, {"content": "Mock "}, {"content": "reply."}]
+    for delta in deltas:
+        yield f"data: {json.dumps({**base, 'choices': [{'index': 0, 'delta': delta, 'finish_reason': None}]})}\n\n"
+    yield f"data: {json.dumps({**base, 'choices': [{'index': 0, 'delta': {}, 'finish_reason': 'stop'}]})}\n\n"
+    if include_usage:
+        usage = {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+        yield f"data: {json.dumps({**base, 'choices': [], 'usage': usage})}\n\n"
+    yield "data: [DONE]\n\n"
+
+
+async def _chat_completions(request: Request):
+    body = await request.json()
+    model = body.get("model") or "mock"
+    if body.get("stream"):
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        return StreamingResponse(_chunks(model, include_usage), media_type="text/event-stream")
+    return JSONResponse(_completion(model))
+
+
+async def _models(_: Request):
+    model = {"id": "mock", "object": "model", "created": 0, "owned_by": "mock"}
+    return JSONResponse({"object": "list", "data": [model]})
+
+
+@pytest.fixture(scope="module")
+def mock_upstream() -> Iterator[str]:
+    """A tiny OpenAI-compatible server under uvicorn in a thread; yields its base URL (``.../v1``)."""
+    app = Starlette(
+        routes=[
+            Route("/v1/chat/completions", _chat_completions, methods=["POST"]),
+            Route("/v1/models", _models, methods=["GET"]),
+        ]
+    )
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the mock upstream did not start"
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}/v1"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+# ---------------------------------------------------------------- the app under test
+
+
+@pytest.fixture(scope="module")
+def fuzzed_server(mock_upstream, tmp_path_factory) -> Iterator[LiveServer]:
+    settings = Settings(
+        _env_file=None,
+        data_dir=tmp_path_factory.mktemp("fuzz") / "data",
+        model_routes=[ModelRoute(name="mock", base_url=mock_upstream, max_retries=0, timeout=10)],
+        admin_key=ADMIN_KEY,
+    )
+    server = LiveServer(settings).start()
+    yield server
+    server.stop()
+
+
+def _schema() -> schemathesis.BaseSchema:
+    """The app's OpenAPI document, built at import without serving: routes do not depend on settings, and
+    schemathesis' lazy ``from_fixture`` loader does not work under pytest 9.2 (it reads ``Function._nodeid``)."""
+    from server.app import create_app
+
+    settings = Settings(_env_file=None, model_routes=[ModelRoute(name="mock", base_url="http://127.0.0.1:9/v1")])
+    spec = create_app(settings).openapi()
+    loaded = schemathesis.openapi.from_dict(spec)
+    loaded.config.update(request_timeout=30)
+    loaded.config.generation.update(max_examples=MAX_EXAMPLES, deterministic=True, database="none")
+    return loaded
+
+
+schema = _schema()
+
+
+@schemathesis.check
+def openai_error_shape(ctx, response, case) -> bool | None:
+    """Every 4xx carries ``{"error": {"message", "type", "param", "code"}}`` with a non-empty message."""
+    if not 400 <= response.status_code < 500:
+        return None
+    try:
+        body = json.loads(response.content)
+    except ValueError:
+        raise AssertionError(f"{response.status_code} with a body that is not JSON: {response.content[:200]!r}")
+    error = body.get("error") if isinstance(body, dict) else None
+    assert isinstance(error, dict), f"{response.status_code} without an error object: {body!r}"
+    assert set(error) == {"message", "type", "param", "code"}, f"unexpected error fields: {error!r}"
+    assert isinstance(error["message"], str) and error["message"], f"empty error message: {error!r}"
+    assert isinstance(error["type"], str) and error["type"], f"no error type: {error!r}"
+    return True
+
+
+CHECKS = [not_a_server_error, response_schema_conformance, content_type_conformance, openai_error_shape]
+
+
+def _auth(case, server: LiveServer) -> dict[str, str]:
+    return {"Authorization": f"Bearer {ADMIN_KEY if case.path.startswith('/admin') else server.key}"}
+
+
+def call_and_validate(case, server: LiveServer):
+    return case.call_and_validate(base_url=server.url, headers=_auth(case, server), checks=CHECKS)
+
+
+# LangServe's run routes: POST /chat/{invoke,batch,stream,stream_log,stream_events} and their /chat/c/{hash}/ twins.
+LANGSERVE_RUNS = r"^/chat/(c/\{config_hash\}/)?(invoke|batch|stream|stream_log|stream_events)$"
+
+
+# Every other route: the platform's own (/healthz, /readyz, /v1/*, /admin/*) and LangServe's schema routes.
+@schema.exclude(path_regex=LANGSERVE_RUNS).parametrize()
+def test_openapi_fuzz(case, fuzzed_server):
+    call_and_validate(case, fuzzed_server)
+
+
+# Found by this fuzz run on LangServe's run routes (owner to fix; then drop the xfail below):
+# 1. No body, or a body that is not JSON (`curl -X POST /chat/invoke`): LangServe raises
+#    RequestValidationError(errors=["Invalid JSON body"]) (str items); server/errors.py validation_error calls
+#    `first.get("loc")` on the str -> AttributeError -> 500 internal_error.
+# 2. A body that is not UTF-8 (b"\xaf\xc9\x932"): UnicodeDecodeError in LangServe's request.json() -> 500.
+# 3. `{"input": {"messages": [...]}, "config": null}` on invoke/stream/stream_log/stream_events: TypeError
+#    "Expected a string, dict or BaseModel got NoneType" in langserve _unpack_request_config -> 500.
+# 4. POST /chat/batch `{"inputs": null}`: TypeError len(None) in langserve APIHandler.batch -> 500.
+# 5. POST /chat/stream (stream_log, stream_events) `{"input": {"messages": []}}`: 200 text/event-stream starts,
+#    the graph raises InvalidRequest inside the stream, LangServe sends `event: error` {"status_code": 500} and
+#    re-raises; the connection is cut mid-chunk (a client error reported as a 500 and a broken stream).
+LANGSERVE_FAILURES = (
+    "known 500s on POST /chat/{invoke,batch,stream,stream_log,stream_events}: body not JSON (server/errors.py "
+    "validation_error on LangServe's str errors), body not UTF-8, config null, batch inputs null, InvalidRequest "
+    "raised mid-stream (see the comment above)"
+)
+
+
+# The same checks on LangServe's run routes; known failures, see the reason. Not strict: schemathesis' pytest
+# plugin cannot report a strict XPASS (INTERNALERROR), so check for XPASS in the output after a fix.
+@pytest.mark.xfail(reason=LANGSERVE_FAILURES, strict=False)
+@schema.include(path_regex=LANGSERVE_RUNS).parametrize()
+def test_openapi_fuzz_langserve(case, fuzzed_server):
+    call_and_validate(case, fuzzed_server)
+
+
+HUMAN = {"type": "human", "content": "Hello"}
+USER = {"role": "user", "content": "Hello"}
+UNDOCUMENTED_SSE = pytest.mark.xfail(
+    reason="schema violation: a streamed answer is `text/event-stream` but the OpenAPI document declares only "
+    "application/json for this operation's 200 (schemathesis ST105 Undocumented Content-Type)",
+    raises=FailureGroup,
+    strict=True,
+)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/v1/chat/completions", {"messages": [USER]}),
+        pytest.param(
+            "POST", "/v1/chat/completions",
+            {"messages": [USER], "stream": True, "stream_options": {"include_usage": True}},
+            marks=UNDOCUMENTED_SSE, id="POST /v1/chat/completions stream",
+        ),
+        ("POST", "/v1/conversations", {"title": "fuzz"}),
+        ("GET", "/v1/models/mock", None),
+        ("POST", "/chat/invoke", {"input": {"messages": [HUMAN]}}),
+        ("POST", "/chat/batch", {"inputs": [{"messages": [HUMAN]}]}),
+        pytest.param(
+            "POST", "/chat/stream", {"input": {"messages": [HUMAN]}}, marks=UNDOCUMENTED_SSE, id="POST /chat/stream"
+        ),
+    ],
+)
+def test_valid_requests_conform(fuzzed_server, method, path, body):
+    """Valid requests the fuzzer rarely builds: answered by the mock upstream, checked the same way."""
+    operation = schema[path if "/models/" not in path else "/v1/models/{model_id}"][method]
+    kwargs = {"path_parameters": {"model_id": "mock"}} if "/models/" in path else {}
+    if body is not None:
+        kwargs["body"] = body
+    case = operation.Case(**kwargs)
+    response = case.call(base_url=fuzzed_server.url, headers=_auth(case, fuzzed_server))
+    assert response.status_code == 200, response.content
+    if "stream" in path or (body or {}).get("stream"):
+        assert response.headers["content-type"][0].startswith("text/event-stream")
+        assert b"Mock " in response.content and b"reply." in response.content
+    elif path == "/v1/chat/completions":
+        assert json.loads(response.content)["choices"][0]["message"]["content"] == REPLY
+    case.validate_response(response, checks=CHECKS)
