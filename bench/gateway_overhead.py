@@ -21,10 +21,10 @@ requests. Target: the platform adds at most 8 ms at p50, concurrency 1.
 
 Part 2, local model. The local llama.cpp server (Gemma 3 270M) and a platform on the
 embedded defaults pointed at it (``GENAI_LOCAL_MODEL_URL``). Streamed requests with the
-same prompts and generation parameters alternate direct and platform in blocks
-(D P P D, then P D D P); completion tokens come from the ``usage`` of non-streaming
-requests, which give the same text at temperature 0. Target: platform tokens/s within
-5% of direct.
+same prompts and generation parameters alternate direct and platform request by
+request, cycling through the prompts; completion tokens come from the ``usage`` of
+non-streaming requests, which give the same text at temperature 0. Target: platform
+tokens/s within 5% of direct.
 
 When the platform has API keys, an app and a key are created in its fresh temporary
 database before it starts, and every request (both sides) carries the key. Redis
@@ -74,6 +74,7 @@ LOCAL_PROMPTS = [
     "Write a long essay about the ocean and the creatures that live in it.",
     "Tell the long story of a young sailor who crosses the Atlantic alone in a small boat.",
 ]
+assert len(LOCAL_PROMPTS) % 2 == 1, "an odd number of prompts, so that alternating sides cover every prompt"
 # The platform's local route adds repeat_penalty and top_k (chains.local_model.LOCAL_DEFAULTS);
 # direct requests send the same values, so both sides generate the same tokens.
 LOCAL_PARAMS = {"max_tokens": 128, "temperature": 0.0, "top_p": 0.9, "stop": []}
@@ -632,6 +633,7 @@ class Generation:
     chunks: int
     text: str
     matched: bool  # the streamed text is the non-streaming reference's: its usage counts its tokens
+    window: int  # in a window, each side streams every prompt once, the sides alternating
 
 
 def normalized(text: str) -> str:
@@ -639,14 +641,22 @@ def normalized(text: str) -> str:
 
 
 async def local_runs(
-    direct_url: str, platform_url: str, rounds: int, client: str, api_key: str | None, count_tokens: Callable[[str], int]
+    direct_url: str,
+    platform_url: str,
+    windows: int,
+    client: str,
+    api_key: str | None,
+    count_tokens: Callable[[str], int],
+    budget_s: float,
 ) -> tuple[list[Generation], dict[int, dict[str, Any]]]:
-    """Non-streaming references, then timed streams in blocks D P P D per round.
+    """Non-streaming references, then timed streams in windows of D P D P D P requests.
 
     llama.cpp reuses the KV cache of the previous request's common prefix, and a different
-    split of the prompt evaluation can tip a greedy choice. So every block runs the prompts
-    in the same cyclic order: each request for prompt i follows a request for prompt i-1,
-    on either side, and both sides generate the same tokens.
+    split of the prompt evaluation can tip a greedy choice. So requests always cycle through
+    the prompts in the same order: each request for prompt i follows a request for prompt
+    i-1 (on either side) and both sides generate the same tokens. With an odd number of
+    prompts and the sides alternating request by request, a window of 2 x prompts requests
+    streams every prompt once per side, the two sides never more than a request apart.
     """
     conns = {"direct": connection(client, direct_url, api_key), "platform": connection(client, platform_url, api_key)}
 
@@ -676,29 +686,35 @@ async def local_runs(
         for side in ("direct", "platform"):
             for index, prompt in enumerate(LOCAL_PROMPTS):
                 reference[index][side] = await plain(side, prompt)
-        for rnd in range(rounds):
-            first, second = ("direct", "platform") if rnd % 2 == 0 else ("platform", "direct")
-            for side in (first, second, second, first):
-                for index, prompt in enumerate(LOCAL_PROMPTS):
-                    started = time.perf_counter()
-                    reply = await conns[side].post("/chat/completions", body(side, prompt, True))
-                    check(reply, True, f"{side} local model (stream)")
-                    contents = sse_contents(reply.body)
-                    text = "".join(contents)
-                    ref = reference[index][side]
-                    matched = normalized(text) == normalized(ref["text"])
-                    runs.append(
-                        Generation(
-                            side=side,
-                            prompt=index,
-                            seconds=reply.done - started,
-                            first_byte_s=reply.first_byte - started,
-                            tokens=ref["tokens"] if matched else count_tokens(text),
-                            chunks=len(contents),
-                            text=text,
-                            matched=matched,
-                        )
+        deadline = time.perf_counter() + budget_s
+        count = len(LOCAL_PROMPTS)
+        sides = ("direct", "platform")
+        for window in range(windows):
+            if runs and time.perf_counter() > deadline:
+                break  # out of time, at a window boundary: both sides ran every prompt as often
+            for step in range(2 * count):
+                index, prompt = step % count, LOCAL_PROMPTS[step % count]
+                side = sides[(step + window) % 2]
+                started = time.perf_counter()
+                reply = await conns[side].post("/chat/completions", body(side, prompt, True))
+                check(reply, True, f"{side} local model (stream)")
+                contents = sse_contents(reply.body)
+                text = "".join(contents)
+                ref = reference[index][side]
+                matched = normalized(text) == normalized(ref["text"])
+                runs.append(
+                    Generation(
+                        side=side,
+                        prompt=index,
+                        seconds=reply.done - started,
+                        first_byte_s=reply.first_byte - started,
+                        tokens=ref["tokens"] if matched else count_tokens(text),
+                        chunks=len(contents),
+                        text=text,
+                        matched=matched,
+                        window=window,
                     )
+                )
     finally:
         for conn in conns.values():
             await conn.close()
@@ -743,7 +759,13 @@ def part_local(args: argparse.Namespace, children: Children) -> dict[str, Any]:
         t0 = time.perf_counter()
         runs, reference = asyncio.run(
             local_runs(
-                server.base_url, f"{platform_url}/v1", args.local_rounds, args.client, api_key, gguf_token_counter(MODEL_PATH)
+                server.base_url,
+                f"{platform_url}/v1",
+                args.local_windows,
+                args.client,
+                api_key,
+                gguf_token_counter(MODEL_PATH),
+                args.local_budget,
             )
         )
         print(
@@ -767,7 +789,12 @@ def report_local(results: dict[str, Any], args: argparse.Namespace) -> list[str]
     print("=" * width)
     params = {**LOCAL_PARAMS, **LOCAL_DIRECT_EXTRA}
     print(f"generation: {json.dumps(params)}")
-    print(f"{len(LOCAL_PROMPTS)} prompts; {args.local_rounds} rounds of blocks D P P D / P D D P, each block streams every prompt once")
+    windows = len({r.window for r in runs})
+    print(
+        f"{len(LOCAL_PROMPTS)} prompts, cycled; direct and platform alternate request by request; "
+        f"{windows} of {args.local_windows} windows run"
+        + (f" (time budget {args.local_budget:g} s reached)" if windows < args.local_windows else "")
+    )
     for index, ref in reference.items():
         same = normalized(ref["direct"]["text"]) == normalized(ref["platform"]["text"])
         print(
@@ -810,6 +837,17 @@ def report_local(results: dict[str, Any], args: argparse.Namespace) -> list[str]
     for label, key, fmt, ratio in rows:
         tail = f"{p[key] / d[key]:10.3f}" if ratio else ""
         print(f"  {label:32s}{fmt.format(d[key])}{fmt.format(p[key])}{tail}")
+    window_ratios = []
+    for window in sorted({r.window for r in runs}):
+        tps = {}
+        for side in ("direct", "platform"):
+            mine = [r for r in runs if r.window == window and r.side == side]
+            tps[side] = sum(r.tokens for r in mine) / sum(r.seconds for r in mine)
+        window_ratios.append(tps["platform"] / tps["direct"])
+    print(
+        f"  {'tokens/s ratio per window':32s}{'':24s}{percentile(window_ratios, 50):10.3f}"
+        f"  (median of {len(window_ratios)}: {', '.join(f'{x:.3f}' for x in window_ratios)})"
+    )
     ratio = p["tps"] / d["tps"]
     ok = ratio >= TARGET_TOKENS_RATIO
     print("-" * width)
@@ -836,7 +874,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--platform-log-level",
         help="GENAI_LOG_LEVEL for the platform (default: its own default, info, with an access log line per request)",
     )
-    parser.add_argument("--local-rounds", type=int, default=2, help="rounds of D P P D blocks in part 2 (default 2)")
+    parser.add_argument(
+        "--local-windows", type=int, default=4, help="part 2 windows: each side streams every prompt once (default 4)"
+    )
+    parser.add_argument(
+        "--local-budget",
+        type=float,
+        default=150.0,
+        help="seconds of timed streams in part 2 after which no new window starts (default 150)",
+    )
     parser.add_argument(
         "--platform-ref",
         help="run the platform from `git archive REF` instead of the working tree (e.g. HEAD while the tree is being edited)",
@@ -871,7 +917,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"          conversations: {args.conversations} per c=1 phase, {args.concurrency} per c={args.concurrency} phase (one per worker)")
     if run_local:
-        print(f"  part 2: {len(LOCAL_PROMPTS)} prompts x {args.local_rounds} rounds x blocks D P P D, streamed; model {MODEL_PATH.name}")
+        print(
+            f"  part 2: {len(LOCAL_PROMPTS)} prompts x {args.local_windows} windows, direct and platform alternating, streamed "
+            f"(at most ~{args.local_budget:g} s); model {MODEL_PATH.name}"
+        )
     level = f"GENAI_LOG_LEVEL={args.platform_log_level}" if args.platform_log_level else "default log level"
     print(f"  platform: {sys.executable} -m server.cli serve (1 worker, {level}, logs to a file)")
     print(f"  platform code: {source}")

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from langchain_core.messages import AIMessageChunk, AnyMessage
+from langchain_core.messages import AIMessageChunk, AnyMessage, message_chunk_to_message
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableGenerator
 from pydantic import BaseModel, Field
 
@@ -36,7 +36,8 @@ def as_chat_runnable(graph, store: ConversationStore | None = None) -> Runnable:
         messages = request.get("messages") if isinstance(request, dict) else getattr(request, "messages", None)
         configurable = config.get("configurable") or {}
         state = {
-            "messages": list(messages or []),
+            # The playground sends earlier answers back as chunks; the graph and memory want messages.
+            "messages": [message_chunk_to_message(m) for m in messages or []],
             "model": configurable.get("model"),
             "conversation_id": configurable.get("conversation_id"),
             "stream": True,

@@ -16,7 +16,6 @@ import pytest
 import schemathesis
 import uvicorn
 from schemathesis.checks import not_a_server_error
-from schemathesis.core.failures import FailureGroup
 from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -166,27 +165,9 @@ def test_openapi_fuzz(case, fuzzed_server):
     call_and_validate(case, fuzzed_server)
 
 
-# Found by this fuzz run on LangServe's run routes (owner to fix; then drop the xfail below):
-# 1. No body, or a body that is not JSON (`curl -X POST /chat/invoke`): LangServe raises
-#    RequestValidationError(errors=["Invalid JSON body"]) (str items); server/errors.py validation_error calls
-#    `first.get("loc")` on the str -> AttributeError -> 500 internal_error.
-# 2. A body that is not UTF-8 (b"\xaf\xc9\x932"): UnicodeDecodeError in LangServe's request.json() -> 500.
-# 3. `{"input": {"messages": [...]}, "config": null}` on invoke/stream/stream_log/stream_events: TypeError
-#    "Expected a string, dict or BaseModel got NoneType" in langserve _unpack_request_config -> 500.
-# 4. POST /chat/batch `{"inputs": null}`: TypeError len(None) in langserve APIHandler.batch -> 500.
-# 5. POST /chat/stream (stream_log, stream_events) `{"input": {"messages": []}}`: 200 text/event-stream starts,
-#    the graph raises InvalidRequest inside the stream, LangServe sends `event: error` {"status_code": 500} and
-#    re-raises; the connection is cut mid-chunk (a client error reported as a 500 and a broken stream).
-LANGSERVE_FAILURES = (
-    "known 500s on POST /chat/{invoke,batch,stream,stream_log,stream_events}: body not JSON (server/errors.py "
-    "validation_error on LangServe's str errors), body not UTF-8, config null, batch inputs null, InvalidRequest "
-    "raised mid-stream (see the comment above)"
-)
-
-
-# The same checks on LangServe's run routes; known failures, see the reason. Not strict: schemathesis' pytest
-# plugin cannot report a strict XPASS (INTERNALERROR), so check for XPASS in the output after a fix.
-@pytest.mark.xfail(reason=LANGSERVE_FAILURES, strict=False)
+# The same checks on LangServe's run routes. They once found 500s here (bodies that are not JSON or not
+# UTF-8, `config: null`, `inputs: null`, message types the graph cannot take, errors raised mid-stream);
+# server/routes/langserve.py now refuses those before LangServe starts a response.
 @schema.include(path_regex=LANGSERVE_RUNS).parametrize()
 def test_openapi_fuzz_langserve(case, fuzzed_server):
     call_and_validate(case, fuzzed_server)
@@ -194,12 +175,6 @@ def test_openapi_fuzz_langserve(case, fuzzed_server):
 
 HUMAN = {"type": "human", "content": "Hello"}
 USER = {"role": "user", "content": "Hello"}
-UNDOCUMENTED_SSE = pytest.mark.xfail(
-    reason="schema violation: a streamed answer is `text/event-stream` but the OpenAPI document declares only "
-    "application/json for this operation's 200 (schemathesis ST105 Undocumented Content-Type)",
-    raises=FailureGroup,
-    strict=True,
-)
 
 
 @pytest.mark.parametrize(
@@ -209,14 +184,14 @@ UNDOCUMENTED_SSE = pytest.mark.xfail(
         pytest.param(
             "POST", "/v1/chat/completions",
             {"messages": [USER], "stream": True, "stream_options": {"include_usage": True}},
-            marks=UNDOCUMENTED_SSE, id="POST /v1/chat/completions stream",
+            id="POST /v1/chat/completions stream",
         ),
         ("POST", "/v1/conversations", {"title": "fuzz"}),
         ("GET", "/v1/models/mock", None),
         ("POST", "/chat/invoke", {"input": {"messages": [HUMAN]}}),
         ("POST", "/chat/batch", {"inputs": [{"messages": [HUMAN]}]}),
         pytest.param(
-            "POST", "/chat/stream", {"input": {"messages": [HUMAN]}}, marks=UNDOCUMENTED_SSE, id="POST /chat/stream"
+            "POST", "/chat/stream", {"input": {"messages": [HUMAN]}}, id="POST /chat/stream"
         ),
     ],
 )
