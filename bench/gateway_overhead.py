@@ -2,7 +2,7 @@
 
 Run from the project root with the project's virtualenv::
 
-    .venv/bin/python bench/gateway_overhead.py            # both parts (~3-4 minutes on 2 cores)
+    .venv/bin/python bench/gateway_overhead.py            # both parts (~2.5 minutes on 2 idle cores)
     .venv/bin/python bench/gateway_overhead.py --skip-local-model
     .venv/bin/python bench/gateway_overhead.py --local-model   # only the local-model part
 
@@ -41,6 +41,7 @@ import contextlib
 import json
 import os
 import platform as platform_module
+import shutil
 import signal
 import socket
 import subprocess
@@ -570,14 +571,15 @@ def part_gateway(args: argparse.Namespace, children: Children) -> dict[str, Any]
         results["forwarded_messages"] = len(forwarded.get("messages") or [])
         results["forwarded_keys"] = sorted(forwarded)
     finally:
-        asyncio.run(forget_conversations(args.redis_url, created))
+        # The platform first: after an interrupt, requests still in flight there would
+        # rebuild the memory lists from SQL after they were deleted.
         children.stop("platform-gateway")
         children.stop("mock-upstream")
+        asyncio.run(forget_conversations(args.redis_url, created))
     return results
 
 
-def report_gateway(results: dict[str, Any], args: argparse.Namespace) -> list[str]:
-    lines = []
+def report_gateway(results: dict[str, Any], args: argparse.Namespace) -> None:
     width = 74
     print()
     print("=" * width)
@@ -610,14 +612,14 @@ def report_gateway(results: dict[str, Any], args: argparse.Namespace) -> list[st
     print("-" * width)
     print(f"Target: the platform adds at most {TARGET_ADDED_P50_MS:g} ms at p50, concurrency 1.")
     for label, added, ratio, ok in verdicts:
-        line = f"  {label:20s} added p50 {added:+7.2f} ms  ->  {'MET' if ok else 'NOT MET'};  rps ratio (platform/direct) at c={args.concurrency}: {ratio:.3f}"
-        print(line)
-        lines.append(line)
+        print(
+            f"  {label:20s} added p50 {added:+7.2f} ms  ->  {'MET' if ok else 'NOT MET'};  "
+            f"rps ratio (platform/direct) at c={args.concurrency}: {ratio:.3f}"
+        )
     print(
         f"  (a continued conversation's request reached the upstream with {results['forwarded_messages']} messages, "
         f"memory + the new turn; fields {', '.join(results['forwarded_keys'])})"
     )
-    return lines
 
 
 # --------------------------------------------------------------------------- part 2
@@ -779,7 +781,7 @@ def part_local(args: argparse.Namespace, children: Children) -> dict[str, Any]:
     return {"runs": runs, "reference": reference}
 
 
-def report_local(results: dict[str, Any], args: argparse.Namespace) -> list[str]:
+def report_local(results: dict[str, Any], args: argparse.Namespace) -> None:
     runs: list[Generation] = results["runs"]
     reference = results["reference"]
     width = 74
@@ -852,9 +854,7 @@ def report_local(results: dict[str, Any], args: argparse.Namespace) -> list[str]
     ok = ratio >= TARGET_TOKENS_RATIO
     print("-" * width)
     print(f"Target: platform tokens/s within {100 * (1 - TARGET_TOKENS_RATIO):.0f}% of llama.cpp directly.")
-    line = f"  end-to-end tokens/s ratio {ratio:.3f} ({100 * (ratio - 1):+.1f}%)  ->  {'MET' if ok else 'NOT MET'}"
-    print(line)
-    return [line]
+    print(f"  end-to-end tokens/s ratio {ratio:.3f} ({100 * (ratio - 1):+.1f}%)  ->  {'MET' if ok else 'NOT MET'}")
 
 
 # --------------------------------------------------------------------------- main
@@ -927,24 +927,28 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  logs: {workdir}")
     print(flush=True)
 
-    report: list[str] = []
-    with Children(workdir) as children:
-        try:
-            gateway = part_gateway(args, children) if run_gateway else None
-            local = part_local(args, children) if run_local else None
-        except KeyboardInterrupt:
-            print("\ninterrupted: stopping child processes", file=sys.stderr)
-            return 130
+    keep = args.keep_logs
+    try:
+        with Children(workdir) as children:
+            try:
+                gateway = part_gateway(args, children) if run_gateway else None
+                local = part_local(args, children) if run_local else None
+            except KeyboardInterrupt:
+                print("\ninterrupted: stopping child processes", file=sys.stderr)
+                return 130
+    except Exception:
+        keep = True  # the child processes' logs tell what went wrong
+        print(f"\nthe benchmark failed; logs kept in {workdir}", file=sys.stderr)
+        raise
+    finally:
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
     if gateway:
-        report += report_gateway(gateway, args)
+        report_gateway(gateway, args)
     if local:
-        report += report_local(local, args)
+        report_local(local, args)
     print()
     print(f"total time {time.perf_counter() - started:.0f} s, load average now {os.getloadavg()[0]:.2f}")
-    if not args.keep_logs:
-        import shutil
-
-        shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 

@@ -26,6 +26,7 @@ from chains.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
+from chains.transport import ChatCompletionsTransport
 from chains.tokens import ApproximateTokenCounter, GgufTokenCounter, TokenCounter
 
 
@@ -70,13 +71,17 @@ class ChatModel:
     @cached_property
     def client(self) -> ChatOpenAI:
         route = self.route
+        api_key = route.resolve_api_key()
         return ChatOpenAI(
             model=route.upstream_model,
             base_url=route.base_url,
-            api_key=SecretStr(route.resolve_api_key()),
+            api_key=SecretStr(api_key),
             timeout=route.timeout,
             max_retries=route.max_retries,
             stream_usage=True,
+            async_client=ChatCompletionsTransport(
+                route.base_url, api_key, timeout=route.timeout, max_retries=route.max_retries
+            ),
         )
 
     @cached_property
