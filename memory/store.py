@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from langchain_core.messages import BaseMessage
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, insert, select, update
 
 from chains.errors import NotFound
 from memory.db import Database
@@ -83,6 +83,14 @@ class ConversationPage:
     items: list[Conversation]
     has_more: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _message_row(conversation_id: str, role: str, content: str, stamp: int, **fields: Any) -> dict[str, Any]:
+    row = dict.fromkeys(
+        ("response_id", "model", "prompt_tokens", "completion_tokens", "latency_ms", "finish_reason")
+    )
+    row.update(conversation_id=conversation_id, role=role, content=content, created_at=stamp, **fields)
+    return row
 
 
 def _title_from(messages: Sequence[BaseMessage]) -> str | None:
@@ -168,13 +176,14 @@ class ConversationStore:
 
         Returns how many messages the conversation holds now (which lets Redis memory check
         that its copy is whole), 0 when the conversation was deleted meanwhile or none was given.
+        Core statements, not the ORM: this is on every request's path.
         """
         stamp = now()
         total = 0
-        async with self.db.session() as session, session.begin():
+        async with self.db.engine.begin() as conn:
             if turn.create_conversation and turn.conversation_id is not None:
-                session.add(
-                    Conversation(
+                await conn.execute(
+                    insert(Conversation).values(
                         id=turn.conversation_id,
                         app_id=turn.app_id,
                         title=_title_from(turn.new_messages),
@@ -184,43 +193,37 @@ class ConversationStore:
                         updated_at=stamp,
                     )
                 )
-                await session.flush()
             if turn.conversation_id is not None:
-                result = await session.execute(
+                result = await conn.execute(
                     update(Conversation)
                     .where(Conversation.id == turn.conversation_id, Conversation.app_id == turn.app_id)
                     .values(updated_at=stamp)
                 )
                 if result.rowcount > 0:
-                    session.add_all(
-                        Message(
-                            conversation_id=turn.conversation_id,
-                            role=message_role(message),
-                            content=message.text,
-                            created_at=stamp,
-                        )
+                    rows = [
+                        _message_row(turn.conversation_id, message_role(message), message.text, stamp)
                         for message in turn.new_messages
-                    )
-                    session.add(
-                        Message(
-                            conversation_id=turn.conversation_id,
-                            role="assistant",
-                            content=turn.answer,
+                    ]
+                    rows.append(
+                        _message_row(
+                            turn.conversation_id,
+                            "assistant",
+                            turn.answer,
+                            stamp,
                             response_id=turn.response_id,
                             model=turn.model,
                             prompt_tokens=turn.prompt_tokens,
                             completion_tokens=turn.completion_tokens,
                             latency_ms=turn.latency_ms,
                             finish_reason=turn.finish_reason,
-                            created_at=stamp,
                         )
                     )
-                    await session.flush()
-                    total = await session.scalar(
+                    await conn.execute(insert(Message), rows)
+                    total = await conn.scalar(
                         select(func.count()).select_from(Message).where(Message.conversation_id == turn.conversation_id)
                     )
-            session.add(
-                Usage(
+            await conn.execute(
+                insert(Usage).values(
                     created_at=stamp,
                     app_id=turn.app_id,
                     key_prefix=turn.key_prefix,
