@@ -202,7 +202,8 @@ async def main():
         await db.create_schema()
         tenants = TenantStore(db)
         await tenants.create_app("bench")
-        print((await tenants.create_key("bench", name="bench")).key)
+        # Limits far above what the run reaches, so every request is counted in Redis (RPM before, TPM after).
+        print((await tenants.create_key("bench", name="bench", rpm=1_000_000, tpm=100_000_000)).key)
     finally:
         await db.close()
 
@@ -532,7 +533,7 @@ def part_gateway(args: argparse.Namespace, children: Children) -> dict[str, Any]
     platform_url, api_key = start_platform(children, "platform-gateway", platform_port, env, args.platform_root)
     print(f"mock upstream   {upstream_url}  (pid {upstream.pid})")
     print(f"platform        {platform_url}  -> model `mock` at {upstream_url}/v1, Redis memory {args.redis_url}")
-    print(f"                {'an app API key made for the run' if api_key else 'no API key (this version has none)'}")
+    print(f"                {'an app API key made for the run (rpm and tpm limits counted in Redis)' if api_key else 'no API key (this version has none)'}")
     print(flush=True)
 
     direct = Target("direct", f"{upstream_url}/v1", args.client, api_key)
