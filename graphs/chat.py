@@ -66,7 +66,7 @@ def build_chat_graph(deps: ChatDeps):
         if created:
             conversation_id = new_conversation_id()
         elif conversation_id:
-            await deps.store.get_conversation(conversation_id, app_id=app_id, user=state.get("user"))
+            await deps.store.check_conversation(conversation_id, app_id=app_id, user=state.get("user"))
 
         system = [m for m in messages if m.type == "system"]
         default_prompt = state.get("app_system_prompt") or deps.system_prompt

@@ -109,9 +109,9 @@ class RedisMemory:
 
     async def load(self, conversation_id: str) -> list[BaseMessage]:
         key = self.key(conversation_id)
-        raw = await self.redis.lrange(key, -self.max_messages, -1)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            raw, _ = await pipe.lrange(key, -self.max_messages, -1).expire(key, self.ttl_seconds).execute()
         if raw:
-            await self.redis.expire(key, self.ttl_seconds)
             return [from_record(**orjson.loads(item)) for item in raw]
         rows = await self.store.messages(conversation_id, limit=self.max_messages)
         if rows:

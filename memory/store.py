@@ -85,6 +85,11 @@ class ConversationPage:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def _visible(owner_app: str, owner_user: str | None, app_id: str, user: str | None) -> bool:
+    """Data belongs to its app, and to its user when it has one and the caller names a user."""
+    return owner_app == app_id and (user is None or owner_user in (None, user))
+
+
 def _message_row(conversation_id: str, role: str, content: str, stamp: int, **fields: Any) -> dict[str, Any]:
     row = dict.fromkeys(
         ("response_id", "model", "prompt_tokens", "completion_tokens", "latency_ms", "finish_reason")
@@ -117,15 +122,22 @@ class ConversationStore:
             session.add(conversation)
         return conversation
 
+    async def check_conversation(self, conversation_id: str, *, app_id: str, user: str | None = None) -> None:
+        """404 unless the conversation is the app's (and the user's, when ``user`` is given).
+
+        One Core query, no ORM object: the chat path asks this on every turn.
+        """
+        query = select(Conversation.app_id, Conversation.user).where(Conversation.id == conversation_id)
+        async with self.db.engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        if row is None or not _visible(row.app_id, row.user, app_id, user):
+            raise NotFound(f"No conversation found with id '{conversation_id}'.", param="conversation_id")
+
     async def get_conversation(self, conversation_id: str, *, app_id: str, user: str | None = None) -> Conversation:
         """The app's conversation (and the user's, when ``user`` is given); 404 for anyone else's."""
         async with self.db.session() as session:
             conversation = await session.get(Conversation, conversation_id)
-        if (
-            conversation is None
-            or conversation.app_id != app_id
-            or (user is not None and conversation.user not in (None, user))
-        ):
+        if conversation is None or not _visible(conversation.app_id, conversation.user, app_id, user):
             raise NotFound(f"No conversation found with id '{conversation_id}'.", param="conversation_id")
         return conversation
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.background import BackgroundTask
 
 from chains.errors import APIError, InvalidRequest
 from memory.store import TurnRecord
@@ -54,10 +55,11 @@ async def create_chat_completion(
             await record_failure(error)
             raise
         recorder.finished(result)
-        await services.limiter.spend_tokens(caller, result["prompt_tokens"] + result["completion_tokens"])
+        # Charged after the answer leaves: the next request of this key sees it, this one does not wait for it.
+        background = BackgroundTask(services.limiter.spend_tokens, caller, result["prompt_tokens"] + result["completion_tokens"])
         response = completion_object(result)
         headers = {"X-Conversation-ID": response["conversation_id"]} if "conversation_id" in response else None
-        return JSONResponse(response, headers=headers)
+        return JSONResponse(response, headers=headers, background=background)
 
     async def finish(info: dict[str, Any], error: APIError | None) -> None:
         if error is not None:

@@ -47,7 +47,7 @@ def mount(app: FastAPI, services: Services) -> None:
         try:
             _check_model(services, caller, configurable.get("model"))
             if (conversation_id := configurable.get("conversation_id")) and conversation_id != "new":
-                await services.store.get_conversation(conversation_id, app_id=caller.app_id)
+                await services.store.check_conversation(conversation_id, app_id=caller.app_id)
         except APIError as error:
             await services.store.record_turn(
                 TurnRecord.failure(
