@@ -13,10 +13,11 @@ from __future__ import annotations
 from llama_cpp.llama_chat_format import ChatFormatterResponse, register_chat_format
 
 from chains.local_model import CHAT_FORMAT
+from prompts import load_prompt
 
 STOP = ["\nQuestion:", "Question:", "\n\n"]
-# One worked example: without it the model often answers with nothing or a new question.
-EXAMPLE = "Question: What is the largest planet in the solar system?\nAnswer: Jupiter is the largest planet in the solar system.\n\n"
+# One worked example (prompts/qa_example.txt): without it the model often answers with nothing or a new question.
+EXAMPLE = load_prompt("qa_example") + "\n\n"
 
 
 def format_qa_transcript(messages: list[dict], **_: object) -> ChatFormatterResponse:
