@@ -9,7 +9,7 @@ upstream's exceptions into the API's errors.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from functools import cached_property
 from typing import Any, Literal
 
@@ -125,9 +125,10 @@ class ModelRegistry:
     def __iter__(self):
         return iter(self._models.values())
 
-    def get(self, name: str | None) -> ChatModel:
+    def get(self, name: str | None, allowed: Collection[str] | None = None) -> ChatModel:
+        """The route ``name`` (the default when None); 404 when unknown or not in ``allowed``."""
         name = name or self.default
-        if name is None or name not in self._models:
+        if name is None or name not in self._models or (allowed is not None and name not in allowed):
             raise ModelNotFound(
                 f"The model `{name}` does not exist or you do not have access to it.",
                 param="model",

@@ -19,7 +19,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, StateGraph
 
-from chains.errors import ContextLengthExceeded, InvalidRequest, ModelNotFound
+from chains.errors import ContextLengthExceeded, InvalidRequest
 from chains.models import ModelRegistry, translate_upstream_error
 from graphs.state import ChatInput, ChatState
 from memory.history import ConversationMemory
@@ -50,12 +50,7 @@ def build_chat_graph(deps: ChatDeps):
             raise InvalidRequest("`messages` must contain at least one message.", param="messages")
         if not any(m.type == "human" for m in messages) and not state.get("conversation_id"):
             raise InvalidRequest("`messages` must contain a user message.", param="messages")
-        chat = deps.models.get(state.get("model"))
-        allowed = state.get("allowed_models")
-        if allowed is not None and chat.route.name not in allowed:
-            raise ModelNotFound(
-                f"The model `{chat.route.name}` does not exist or you do not have access to it.", param="model"
-            )
+        chat = deps.models.get(state.get("model"), allowed=state.get("allowed_models"))
         params = state.get("params") or {}
         app_id = state.get("app_id") or _configured(config, "app_id")
         if not app_id:

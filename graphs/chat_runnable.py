@@ -63,7 +63,7 @@ def as_chat_runnable(graph, store: ConversationStore | None = None) -> Runnable:
                         model=info.get("model_name") or state["model"] or "",
                         latency_ms=(time.perf_counter() - started) * 1000,
                         stream=True,
-                        status=error.code or f"http_{error.status_code}",
+                        error=error,
                     )
                 )
             raise

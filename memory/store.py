@@ -16,7 +16,7 @@ from typing import Any
 from langchain_core.messages import BaseMessage
 from sqlalchemy import delete, func, insert, select, update
 
-from chains.errors import NotFound
+from chains.errors import APIError, NotFound
 from memory.db import Database
 from memory.messages import message_role
 from memory.models import Conversation, Message, Usage, now
@@ -57,7 +57,7 @@ class TurnRecord:
         response_id: str,
         app_id: str,
         model: str,
-        status: str,
+        error: APIError,
         latency_ms: float,
         key_prefix: str | None = None,
         user: str | None = None,
@@ -74,7 +74,7 @@ class TurnRecord:
             key_prefix=key_prefix,
             user=user,
             stream=stream,
-            status=status,
+            status=error.code or f"http_{error.status_code}",
         )
 
 
@@ -164,7 +164,7 @@ class ConversationStore:
         return ConversationPage(items=rows[:limit], has_more=len(rows) > limit)
 
     async def delete_conversation(self, conversation_id: str, *, app_id: str, user: str | None = None) -> None:
-        await self.get_conversation(conversation_id, app_id=app_id, user=user)
+        await self.check_conversation(conversation_id, app_id=app_id, user=user)
         async with self.db.session() as session, session.begin():
             await session.execute(delete(Message).where(Message.conversation_id == conversation_id))
             result = await session.execute(

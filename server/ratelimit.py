@@ -58,23 +58,24 @@ class RateLimiter:
         if caller.rpm:
             item = RateLimitItemPerMinute(caller.rpm)
             admitted = await self.strategy.hit(item, "requests", caller.key_id)
-            stats = await self.strategy.get_window_stats(item, "requests", caller.key_id)
-            reset = _reset_in(stats, caller.rpm)
-            headers["x-ratelimit-limit-requests"] = str(caller.rpm)
-            headers["x-ratelimit-remaining-requests"] = str(max(stats.remaining, 0))
-            headers["x-ratelimit-reset-requests"] = _duration(reset)
+            reset, _ = await self._window(item, "requests", caller, headers)
             if not admitted:
                 self._reject("requests", caller, reset, headers)
         if caller.tpm:
             item = RateLimitItemPerMinute(caller.tpm)
-            stats = await self.strategy.get_window_stats(item, "tokens", caller.key_id)
-            reset = _reset_in(stats, caller.tpm)
-            headers["x-ratelimit-limit-tokens"] = str(caller.tpm)
-            headers["x-ratelimit-remaining-tokens"] = str(max(stats.remaining, 0))
-            headers["x-ratelimit-reset-tokens"] = _duration(reset)
-            if stats.remaining <= 0:
+            reset, remaining = await self._window(item, "tokens", caller, headers)
+            if remaining <= 0:
                 self._reject("tokens", caller, reset, headers)
         request.scope.setdefault("state", {})[HEADERS_STATE_KEY] = headers
+
+    async def _window(self, item, kind: str, caller: Caller, headers: dict[str, str]) -> tuple[float, int]:
+        """Add OpenAI's limit/remaining/reset headers for ``kind``; returns (seconds to reset, remaining)."""
+        stats = await self.strategy.get_window_stats(item, kind, caller.key_id)
+        reset = _reset_in(stats, item.amount)
+        headers[f"x-ratelimit-limit-{kind}"] = str(item.amount)
+        headers[f"x-ratelimit-remaining-{kind}"] = str(max(stats.remaining, 0))
+        headers[f"x-ratelimit-reset-{kind}"] = _duration(reset)
+        return reset, stats.remaining
 
     async def spend_tokens(self, caller: Caller, tokens: int) -> None:
         if caller.tpm and tokens > 0:

@@ -44,7 +44,7 @@ async def create_chat_completion(
                 model=(info or {}).get("model_name") or body.model or services.models.default or "",
                 latency_ms=(time.perf_counter() - started_at) * 1000,
                 stream=body.stream,
-                status=error.code or f"http_{error.status_code}",
+                error=error,
             )
         )
 

@@ -17,10 +17,9 @@ import orjson
 from fastapi import Depends, FastAPI, Request
 from langserve import add_routes
 
-from chains.errors import APIError, InvalidRequest, ModelNotFound
+from chains.errors import APIError, InvalidRequest
 from graphs.chat_runnable import as_chat_runnable
 from memory.store import TurnRecord
-from memory.tenants import Caller
 from server.auth import require_app
 from server.completions import caller_state, trace_config
 from server.services import Services
@@ -45,7 +44,7 @@ def mount(app: FastAPI, services: Services) -> None:
             configurable["model"] = model
         started = time.perf_counter()
         try:
-            _check_model(services, caller, configurable.get("model"))
+            services.models.get(configurable.get("model"), allowed=caller.allowed_models)
             if (conversation_id := configurable.get("conversation_id")) and conversation_id != "new":
                 await services.store.check_conversation(conversation_id, app_id=caller.app_id)
         except APIError as error:
@@ -57,7 +56,7 @@ def mount(app: FastAPI, services: Services) -> None:
                     model=configurable.get("model") or services.models.default or "",
                     latency_ms=(time.perf_counter() - started) * 1000,
                     stream=not request.url.path.endswith(("/invoke", "/batch")),
-                    status=error.code or f"http_{error.status_code}",
+                    error=error,
                 )
             )
             raise
@@ -77,14 +76,6 @@ def mount(app: FastAPI, services: Services) -> None:
         enable_feedback_endpoint=False,
         dependencies=[Depends(require_app), Depends(check_body)],
     )
-
-
-def _check_model(services: Services, caller: Caller, name: str | None) -> None:
-    chat = services.models.get(name)
-    if not caller.may_use(chat.route.name):
-        raise ModelNotFound(
-            f"The model `{chat.route.name}` does not exist or you do not have access to it.", param="model"
-        )
 
 
 async def check_body(request: Request) -> None:

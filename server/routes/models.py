@@ -5,7 +5,6 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from chains.models import ChatModel
-from chains.errors import ModelNotFound
 from server.deps import AnyCaller, ServicesDep
 
 router = APIRouter(prefix="/v1", tags=["models"])
@@ -26,6 +25,4 @@ async def list_models(caller: AnyCaller, services: ServicesDep) -> dict:
 
 @router.get("/models/{model_id:path}")
 async def retrieve_model(model_id: str, caller: AnyCaller, services: ServicesDep) -> dict:
-    if not caller.may_use(model_id):
-        raise ModelNotFound(f"The model `{model_id}` does not exist or you do not have access to it.", param="model")
-    return model_object(services.models.get(model_id))
+    return model_object(services.models.get(model_id, allowed=caller.allowed_models))
