@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -162,3 +166,50 @@ def server(live_server) -> LiveServer:
 def redis_server(live_server, redis_url) -> LiveServer:
     """A live server with Redis memory."""
     return live_server(redis_url=redis_url)
+
+
+@contextmanager
+def genai_serve(
+    *args: str,
+    env: dict[str, str],
+    log_path: Path,
+    ready_path: str = "/healthz",
+    ready: Callable[[str], bool] = lambda log: True,
+    timeout: float = 120,
+) -> Iterator[tuple[subprocess.Popen, str]]:
+    """``genai serve --port P *args`` as a user runs it, in its own session, writing to ``log_path``.
+
+    Yields (process, base URL) once ``ready_path`` answers 200 and ``ready(log text)`` holds; then
+    stops it as Ctrl-C would (SIGINT to its process group; SIGKILL after 30 s).
+    """
+    port = free_port()
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "server", "serve", "--port", str(port), *args],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert process.poll() is None, log_path.read_text()
+            if ready(log_path.read_text()):
+                try:
+                    if httpx.get(f"{base}{ready_path}", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+            assert time.monotonic() < deadline, "genai serve did not become ready:\n" + log_path.read_text()
+            time.sleep(0.3)
+        yield process, base
+    finally:
+        os.killpg(process.pid, signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)

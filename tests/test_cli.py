@@ -4,22 +4,18 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
 
-from chains.local_model import free_port
-from tests.conftest import MODEL_PATH, ROOT
+from tests.conftest import MODEL_PATH, ROOT, genai_serve
 
 pytestmark = pytest.mark.slow
 
 
 def test_genai_serve_runs_and_stops_the_local_model(tmp_path):
-    port = free_port()
     env = {
         **os.environ,
         "GENAI_DATA_DIR": str(tmp_path / "data"),
@@ -35,26 +31,8 @@ def test_genai_serve_runs_and_stops_the_local_model(tmp_path):
     assert key.startswith("sk-") and len(key) >= 46
     listed = subprocess.run([*genai, "keys", "list"], **run).stdout
     assert key[:12] in listed and key not in listed
-    process = subprocess.Popen(
-        [*genai, "serve", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, process.stdout.read().decode()
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "genai serve did not become ready"
-            time.sleep(0.3)
+    log_path = tmp_path / "serve.log"
+    with genai_serve(env=env, log_path=log_path, ready_path="/readyz") as (process, base):
         answer = httpx.post(
             f"{base}/v1/chat/completions",
             json={"messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 8},
@@ -67,10 +45,7 @@ def test_genai_serve_runs_and_stops_the_local_model(tmp_path):
         assert (tmp_path / "data" / "logs" / "llama-server.log").exists()
         children = set(_llama_servers(parent=process.pid))
         assert children, "the local model server should be running"
-    finally:
-        process.send_signal(signal.SIGINT)
-        process.wait(timeout=30)
-    output = process.stdout.read().decode()
+    output = log_path.read_text()
     assert "Admin key (shown once" in output  # first start with no admin key configured
     assert re.search(r"Admin key \(shown once.*\n\s+sk-[A-Za-z0-9_-]{43}\n", output)
     still_running = children & set(_llama_servers())

@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -17,11 +16,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
-from chains.local_model import free_port, local_route
+from chains.local_model import local_route
 from chains.models import ModelRoute
 from server.app import create_app
 from server.observability import JsonFormatter, RedactSecrets, redact
-from tests.conftest import ADMIN_KEY, MODEL_PATH, ROOT
+from tests.conftest import ADMIN_KEY, MODEL_PATH, ROOT, genai_serve
 
 GENERATED_ID = re.compile(r"req_[0-9a-f]{32}")
 FULL_KEY = "sk-" + "0123456789abcdef" * 4  # 64 hex characters
@@ -325,7 +324,6 @@ def test_multiprocess_metrics_sum_every_worker(tmp_path):
 
 @pytest.mark.slow
 def test_genai_serve_with_workers_logs_json_and_aggregates_metrics(tmp_path, llama):
-    port = free_port()
     env = {
         **os.environ,
         "GENAI_DATA_DIR": str(tmp_path / "data"),
@@ -339,23 +337,7 @@ def test_genai_serve_with_workers_logs_json_and_aggregates_metrics(tmp_path, lla
     stale.mkdir(parents=True)
     (stale / "counter_1.db").write_bytes(b"stale")  # cleared at start
     log_path = tmp_path / "serve.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "server", "serve", "--port", str(port), "--workers", "2"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert process.poll() is None, log_path.read_text()
-            try:
-                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "genai serve did not start"
-            time.sleep(0.3)
+    with genai_serve("--workers", "2", env=env, log_path=log_path, timeout=90) as (_, base):
         for i in range(20):
             # A new connection each time, so both workers serve some.
             assert httpx.get(f"{base}/healthz", headers={"X-Request-ID": f"multi-{i}"}, timeout=10).status_code == 200
@@ -366,9 +348,6 @@ def test_genai_serve_with_workers_logs_json_and_aggregates_metrics(tmp_path, lla
         assert min(counts) >= 21  # the readiness poll's hits plus 20, whichever worker answers /metrics
         assert len(list((tmp_path / "data" / "prometheus").glob("counter_*.db"))) >= 1
         assert not (tmp_path / "data" / "prometheus" / "counter_1.db").exists()
-    finally:
-        process.send_signal(signal.SIGINT)
-        process.wait(timeout=30)
     lines = [line for line in log_path.read_text().splitlines() if line.startswith("{")]
     records = [json.loads(line) for line in lines]
     access = [r for r in records if r["logger"] == "genai.access" and str(r["request_id"]).startswith("multi-")]

@@ -10,7 +10,6 @@ import concurrent.futures
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -21,8 +20,7 @@ import httpx
 import openai
 import pytest
 
-from chains.local_model import free_port
-from tests.conftest import ADMIN_KEY, MODEL_PATH, ROOT
+from tests.conftest import ADMIN_KEY, MODEL_PATH, ROOT, genai_serve
 
 USER = {"role": "user", "content": "What is the capital of France?"}
 RESET = re.compile(r"^(?:(\d+)ms|(\d+)s|(\d+)m(\d+)s)$")
@@ -265,32 +263,9 @@ def test_two_workers_share_one_budget_in_redis(tmp_path, redis_url, llama):
     key = subprocess.run([*genai, "keys", "create", "--app", "workers-demo", "--rpm", str(limit)], **run).stdout.strip()
     assert key.startswith("sk-")
 
-    port = free_port()
     log_path = tmp_path / "serve.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [*genai, "serve", "--workers", "2", "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert process.poll() is None, log_path.read_text()
-            started = log_path.read_text().count("Application startup complete")
-            if started >= 2:
-                try:
-                    if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-            assert time.monotonic() < deadline, "genai serve --workers 2 did not start:\n" + log_path.read_text()
-            time.sleep(0.2)
-
+    both_workers_up = lambda log: log.count("Application startup complete") >= 2  # noqa: E731
+    with genai_serve("--workers", "2", env=env, log_path=log_path, ready=both_workers_up, timeout=90) as (_, base):
         clear_of_window_edge()
         gate = threading.Barrier(2 * limit)
 
@@ -316,10 +291,3 @@ def test_two_workers_share_one_budget_in_redis(tmp_path, redis_url, llama):
         served = _served_by_pid(data_dir / "prometheus", "/v1/models")
         assert sum(served.values()) == 2 * limit, served
         assert len(served) == 2, f"one worker served everything: {served}"
-    finally:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
