@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from chains.local_model import local_route
+from chains.local_model import free_port, local_route
 from chains.models import ModelRoute
 from tests.conftest import MODEL_PATH
 
@@ -165,13 +165,10 @@ def silent_upstream():
 
 @pytest.fixture
 def faulty_server(live_server, llama, silent_upstream):
-    closed = socket.socket()
-    closed.bind(("127.0.0.1", 0))
-    closed_port = closed.getsockname()[1]
-    closed.close()  # nothing listens here any more
     routes = [
         local_route(llama.base_url, str(MODEL_PATH), llama.context_window),
-        ModelRoute(name="down", base_url=f"http://127.0.0.1:{closed_port}/v1", max_retries=0),
+        # free_port() returns a port that nothing listens on any more.
+        ModelRoute(name="down", base_url=f"http://127.0.0.1:{free_port()}/v1", max_retries=0),
         ModelRoute(name="hung", base_url=silent_upstream, timeout=1.0, max_retries=0),
     ]
     return live_server(model_routes=routes)

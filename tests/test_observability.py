@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
-from chains.local_model import local_route
+from chains.local_model import free_port, local_route
 from chains.models import ModelRoute
 from server.app import create_app
 from server.observability import JsonFormatter, RedactSecrets, redact
@@ -244,13 +243,10 @@ def test_metrics_count_requests_tokens_and_time_to_first_token(server):
 
 @pytest.fixture
 def down_server(live_server, llama):
-    closed = socket.socket()
-    closed.bind(("127.0.0.1", 0))
-    port = closed.getsockname()[1]
-    closed.close()  # nothing listens here any more
     routes = [
         local_route(llama.base_url, str(MODEL_PATH), llama.context_window),
-        ModelRoute(name="down", base_url=f"http://127.0.0.1:{port}/v1", max_retries=0),
+        # free_port() returns a port that nothing listens on any more.
+        ModelRoute(name="down", base_url=f"http://127.0.0.1:{free_port()}/v1", max_retries=0),
     ]
     return live_server(model_routes=routes)
 
