@@ -94,9 +94,9 @@ def build_chat_graph(deps: ChatDeps):
 
     async def load_memory(state: ChatState) -> dict[str, Any]:
         conversation_id = state.get("conversation_id")
+        chat = deps.models.get(state["model_name"])
         history: list[BaseMessage] = []
         if conversation_id and not state.get("created_conversation"):
-            chat = deps.models.get(state["model_name"])
             prior = await deps.memory.load(conversation_id)
             room = chat.route.context_window - chat.max_tokens_for(state.get("params") or {}) - state["prompt_tokens"]
             budget = min(deps.memory_max_tokens, room)
@@ -108,7 +108,6 @@ def build_chat_graph(deps: ChatDeps):
                     strategy="last",
                     start_on="human",
                 )
-        chat = deps.models.get(state["model_name"])
         prompt_tokens = state["prompt_tokens"] + (chat.tokens.count_messages(history) if history else 0)
         return {
             "history": history,
