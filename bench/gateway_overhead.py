@@ -60,7 +60,8 @@ import httptools  # noqa: E402  (installed with uvicorn[standard])
 import httpx  # noqa: E402
 import orjson  # noqa: E402
 
-from chains.local_model import LOCAL_MODEL_NAME, LocalModelServer  # noqa: E402
+from chains.local_model import LOCAL_MODEL_NAME  # noqa: E402
+from chains.local_model_process import LocalModelServer  # noqa: E402
 
 MODEL_PATH = ROOT / ".cache" / "models" / "gemma-3-270m-q4_k_m.gguf"
 REDIS_URL = "redis://127.0.0.1:6379/14"
@@ -190,13 +191,13 @@ PROVISION = r"""
 import asyncio, pathlib
 import memory
 from server.settings import Settings
-from memory.db import Database
+from storage.engine import Database
 
 async def main():
     # Look in this source tree only (the editable install would find the working tree's module).
     if not (pathlib.Path(memory.__file__).parent / "tenants.py").exists():
         return print("")
-    from memory.tenants import TenantStore
+    from storage.tenants import TenantStore
     db = Database(Settings().resolved_database_url)
     try:
         await db.create_schema()

@@ -1,1 +1,1 @@
-"""LCEL building blocks: model factories, token counting, the local model, API errors."""
+"""LangChain building blocks: model routes and their transport, token counting, the output stage, the local model."""

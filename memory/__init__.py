@@ -1,7 +1,5 @@
-"""Conversation memory (Redis, or the SQL database when there is no Redis) and the transcript store."""
+"""Conversation memory: the prior turns a model sees (Redis lists, or the SQL transcripts when there is no Redis)."""
 
-from memory.db import Database
 from memory.history import ConversationMemory, RedisMemory, SqlMemory
-from memory.store import ConversationStore, TurnRecord
 
-__all__ = ["ConversationMemory", "ConversationStore", "Database", "RedisMemory", "SqlMemory", "TurnRecord"]
+__all__ = ["ConversationMemory", "RedisMemory", "SqlMemory"]

@@ -14,8 +14,8 @@ import orjson
 from langchain_core.messages import BaseMessage
 from redis.asyncio import Redis
 
-from memory.messages import from_record, to_record
-from memory.store import ConversationStore
+from storage.message_records import from_record, to_record
+from storage.transcripts import ConversationStore
 
 
 class ConversationMemory(Protocol):

@@ -7,14 +7,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from server.errors import install_error_handlers
-from server.limits import BodySizeLimit
-from server.metrics import Metrics
-from server.observability import install as install_request_context
+from server.error_handlers import install_error_handlers
+from server.gateway.body_limit import BodySizeLimit
+from server.gateway.request_context import install as install_request_context
 from server.openapi import document_api
-from server.ratelimit import RateLimitHeaders
-from server.routes import admin, chat, conversations, health, langserve, models, usage
-from server.routes import metrics as metrics_route
+from server.gateway.rate_limits import RateLimitHeaders
+from server.routes import admin, chat_completions, conversations, health, langserve_chat, model_list, prometheus, usage
 from server.services import Services
 from server.settings import Settings
 
@@ -33,15 +31,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="genai-platform", version="0.1.0", lifespan=lifespan)
     app.state.services = services
-    app.state.metrics = metrics = Metrics()
-    services.limiter.on_reject = metrics.rate_limited
+    app.state.metrics = services.metrics
     install_error_handlers(app)
-    for module in (health, models, chat, conversations, usage, admin):
+    for module in (health, model_list, chat_completions, conversations, usage, admin, prometheus):
         app.include_router(module.router)
-    app.include_router(metrics_route.router)
-    langserve.mount(app, services)
+    langserve_chat.mount(app, services)
     document_api(app)
     app.add_middleware(RateLimitHeaders)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    install_request_context(app, metrics)  # outermost: request id and access log on every response
+    install_request_context(app, services.metrics)  # outermost: request id and access log on every response
     return app

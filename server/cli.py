@@ -11,8 +11,8 @@ import sys
 
 import uvicorn
 
-from chains.errors import APIError
-from server.observability import configure_logging, logging_config
+from errors import APIError
+from server.json_logs import configure_logging, logging_config
 from server.settings import Settings
 
 log = logging.getLogger("genai")
@@ -48,7 +48,7 @@ def serve(args: argparse.Namespace) -> int:
     workers = args.workers or settings.workers
     local = None
     if settings.uses_local_model and not settings.local_model_url:
-        from chains.local_model import LocalModelServer
+        from chains.local_model_process import LocalModelServer
 
         logs = settings.data_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)

@@ -6,8 +6,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from memory.tenants import Caller
-from server.auth import require_admin, require_app, require_key
+from storage.tenants import Caller
+from server.gateway.auth import require_admin, require_app, require_key
 from server.services import Services
 
 

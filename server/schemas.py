@@ -84,3 +84,40 @@ class ConversationCreate(BaseModel):
     title: StrictStr | None = Field(None, max_length=256)
     user: StrictStr | None = Field(None, max_length=256)
     metadata: dict[str, StrictStr] | None = Field(None, max_length=16)
+
+
+# ---------------------------------------------------------------- responses (documented in /openapi.json)
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+    @classmethod
+    def of(cls, prompt_tokens: int, completion_tokens: int) -> Usage:
+        return cls(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens)
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str | None
+    refusal: str | None = None
+
+
+class Choice(BaseModel):
+    index: int
+    message: AssistantMessage
+    logprobs: None = None
+    finish_reason: Literal["stop", "length", "content_filter", "tool_calls"]
+
+
+class ChatCompletion(BaseModel):
+    id: str = Field(description="the response id; also the LangSmith run id, and what feedback refers to")
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    system_fingerprint: str | None = None
+    choices: list[Choice]
+    usage: Usage
+    conversation_id: str | None = Field(None, description="present when the request used server-side memory")

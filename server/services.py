@@ -1,4 +1,4 @@
-"""The objects a running app wires together: database, memory, model routes, graphs.
+"""The objects a running app wires together: database, memory, model routes, the chat graph and its service.
 
 Built synchronously by the app factory (nothing connects yet), opened and
 closed by the app's lifespan. Tests build as many as they like.
@@ -7,19 +7,21 @@ closed by the app's lifespan. Tests build as many as they like.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import httpx
 from redis.asyncio import Redis
 
-from chains.models import ModelRegistry
-from graphs.chat import ChatDeps, build_chat_graph
-from memory import ConversationStore, Database, RedisMemory, SqlMemory
-from memory.history import ConversationMemory
-from memory.tenants import TenantStore
-from server.auth import Authenticator
-from server.ratelimit import RateLimiter
+from chains.model_routes import ModelRegistry
+from errors import Conflict
+from graphs.chat import ChatContext, build_chat_graph
+from memory import ConversationMemory, RedisMemory, SqlMemory
+from server.chat_service import ChatService
+from server.gateway.auth import Authenticator
+from server.gateway.prometheus_metrics import Metrics
+from server.gateway.rate_limits import RateLimiter
 from server.settings import Settings
+from storage import ConversationStore, Database, TenantStore
 
 
 @dataclass
@@ -32,8 +34,9 @@ class Services:
     tenants: TenantStore
     auth: Authenticator
     limiter: RateLimiter
+    metrics: Metrics
+    chat: ChatService
     redis: Redis | None = None
-    chat_graph: object = field(default=None)
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -49,7 +52,16 @@ class Services:
             memory = SqlMemory(store, max_messages=settings.memory_max_messages)
         models = ModelRegistry(settings.routes(), default=settings.resolved_default_model)
         tenants = TenantStore(db)
-        services = cls(
+        metrics = Metrics()
+        limiter = RateLimiter(settings.redis_url, on_reject=metrics.rate_limited)
+        context = ChatContext(
+            models=models,
+            store=store,
+            memory=memory,
+            system_prompt=settings.system_prompt,
+            memory_max_tokens=settings.memory_max_tokens,
+        )
+        return cls(
             settings=settings,
             db=db,
             store=store,
@@ -57,19 +69,11 @@ class Services:
             models=models,
             tenants=tenants,
             auth=Authenticator(tenants),
-            limiter=RateLimiter(settings.redis_url),
+            limiter=limiter,
+            metrics=metrics,
+            chat=ChatService(build_chat_graph(), context, limiter, metrics),
             redis=redis,
         )
-        services.chat_graph = build_chat_graph(
-            ChatDeps(
-                models=models,
-                store=store,
-                memory=memory,
-                system_prompt=settings.system_prompt,
-                memory_max_tokens=settings.memory_max_tokens,
-            )
-        )
-        return services
 
     async def open(self) -> None:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -79,8 +83,6 @@ class Services:
 
     async def ensure_admin_key(self, secret: str) -> None:
         """Register the configured admin key (idempotent; two workers may race, one wins)."""
-        from chains.errors import Conflict
-
         if await self.tenants.authenticate(secret) is None:
             try:
                 await self.tenants.create_key(None, is_admin=True, name="settings", secret=secret)
@@ -88,6 +90,7 @@ class Services:
                 pass
 
     async def close(self) -> None:
+        await self.chat.drain()
         if self.redis is not None:
             await self.redis.aclose()
         await self.db.close()

@@ -14,7 +14,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from chains.local_model import LOCAL_MODEL_NAME, local_route
-from chains.models import ModelRoute
+from chains.model_routes import ModelRoute
 
 
 class Settings(BaseSettings):

@@ -19,7 +19,7 @@ import openai
 import pytest
 import uvicorn
 
-from chains.local_model import LocalModelServer, free_port
+from chains.local_model_process import LocalModelServer, free_port
 from server.app import create_app
 from server.settings import Settings
 
@@ -36,6 +36,15 @@ def llama() -> Iterator[LocalModelServer]:
     server = LocalModelServer(MODEL_PATH, context_window=2048, threads=2, log_path=ROOT / ".cache" / "llama-test.log")
     with server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def mock_upstream() -> Iterator[str]:
+    """A fast OpenAI-compatible upstream with a fixed reply (``tests.mock_upstream.REPLY``); its base URL."""
+    from tests.mock_upstream import serve_mock_upstream
+
+    with serve_mock_upstream() as base_url:
+        yield base_url
 
 
 @pytest.fixture(scope="session")
@@ -126,6 +135,23 @@ class LiveServer:
             created = admin.post("/admin/keys", json={"app": app, **limits})
             created.raise_for_status()
             return created.json()["key"]
+
+    def rows(self, table) -> list[dict]:
+        """Every row of ``table`` (a SQLAlchemy table) in the server's database, read through an engine of this
+        thread's own (the server's engine belongs to its loop)."""
+        from sqlalchemy import select
+
+        from storage import Database
+
+        async def read() -> list[dict]:
+            db = Database(self.services.db.url)
+            try:
+                async with db.engine.connect() as conn:
+                    return [dict(row._mapping) for row in (await conn.execute(select(table))).all()]
+            finally:
+                await db.close()
+
+        return asyncio.run(read())
 
     def stop(self) -> None:
         self.server.should_exit = True

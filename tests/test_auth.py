@@ -18,9 +18,9 @@ import openai
 import pytest
 from sqlalchemy import select, update
 
-from memory.db import Database
-from memory.models import ApiKey, Base
-from server.auth import KEY_COOKIE, require_admin, require_app, require_key
+from storage.engine import Database
+from storage.tables import ApiKey, Base
+from server.gateway.auth import KEY_COOKIE, app_caller, require_admin, require_app, require_key
 from tests.conftest import ADMIN_KEY
 from tests.test_errors import assert_error
 
@@ -34,7 +34,8 @@ PATH_VALUES = {
     "config_hash": "e30",
     "file_path": "index.html",
 }
-AUTH_DEPENDENCIES = {require_app: "app", require_key: "any", require_admin: "admin"}
+# app_caller authenticates an app key whose admission the route makes itself (LangServe counts batch inputs).
+AUTH_DEPENDENCIES = {require_app: "app", app_caller: "app", require_key: "any", require_admin: "admin"}
 QUESTION = {"messages": [{"type": "human", "content": "What is the capital of France?"}]}
 USER = {"role": "user", "content": "What is the capital of France?"}
 
@@ -300,20 +301,8 @@ def test_any_key_routes_take_both_kinds_of_key(server):
 # Keys: hashed at rest, revocable at once, expiring
 
 
-def _rows(server, table) -> list[dict]:
-    async def read() -> list[dict]:
-        db = Database(server.services.db.url)
-        try:
-            async with db.engine.connect() as conn:
-                return [dict(row._mapping) for row in (await conn.execute(select(table))).all()]
-        finally:
-            await db.close()
-
-    return asyncio.run(read())
-
-
 def _key_row(server, secret: str) -> dict:
-    rows = [row for row in _rows(server, ApiKey.__table__) if row["prefix"] == secret[:12]]
+    rows = [row for row in server.rows(ApiKey.__table__) if row["prefix"] == secret[:12]]
     assert len(rows) == 1
     return rows[0]
 
@@ -329,13 +318,13 @@ def test_keys_are_stored_only_as_sha256_with_a_short_prefix(server):
     assert not any(secret in str(value) for value in row.values())
     # No table holds the secret anywhere, nor any file the server wrote (database, WAL, logs).
     for table in Base.metadata.sorted_tables:
-        for stored in _rows(server, table):
+        for stored in server.rows(table):
             assert not any(secret in str(value) for value in stored.values()), table.name
     for path in Path(server.settings.data_dir).rglob("*"):
         if path.is_file() and path.stat().st_size < 50_000_000:
             assert secret.encode() not in path.read_bytes(), path
     # The admin key from the settings is hashed the same way.
-    admin_rows = [r for r in _rows(server, ApiKey.__table__) if r["is_admin"]]
+    admin_rows = [r for r in server.rows(ApiKey.__table__) if r["is_admin"]]
     assert [r["hash"] for r in admin_rows] == [hashlib.sha256(ADMIN_KEY.encode()).hexdigest()]
 
 

@@ -9,8 +9,9 @@ import httpx
 import openai
 import pytest
 
-from chains.local_model import free_port, local_route
-from chains.models import ModelRoute
+from chains.local_model import local_route
+from chains.local_model_process import free_port
+from chains.model_routes import ModelRoute
 from tests.conftest import MODEL_PATH
 
 USER = {"role": "user", "content": "Hello"}

@@ -8,91 +8,21 @@ app's key, /admin routes with the admin key.
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections.abc import Iterator
 
 import pytest
 import schemathesis
-import uvicorn
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, StreamingResponse
-from starlette.routing import Route
 
-from chains.local_model import free_port
-from chains.models import ModelRoute
+from chains.model_routes import ModelRoute
 from server.settings import Settings
 from tests.conftest import ADMIN_KEY, LiveServer
+from tests.mock_upstream import REPLY
 
 pytestmark = pytest.mark.slow
 
 MAX_EXAMPLES = 15  # per operation and phase; the whole file stays well under a minute
-REPLY = "Mock reply."
-
-
-# ---------------------------------------------------------------- the mock upstream
-
-
-def _completion(model: str) -> dict:
-    return {
-        "id": "chatcmpl-mock",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": REPLY}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
-    }
-
-
-def _chunks(model: str, include_usage: bool) -> Iterator[str]:
-    base = {"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
-    deltas = [{"role": "assistant", "content": ""}, {"content": "Mock "}, {"content": "reply."}]
-    for delta in deltas:
-        yield f"data: {json.dumps({**base, 'choices': [{'index': 0, 'delta': delta, 'finish_reason': None}]})}\n\n"
-    yield f"data: {json.dumps({**base, 'choices': [{'index': 0, 'delta': {}, 'finish_reason': 'stop'}]})}\n\n"
-    if include_usage:
-        usage = {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
-        yield f"data: {json.dumps({**base, 'choices': [], 'usage': usage})}\n\n"
-    yield "data: [DONE]\n\n"
-
-
-async def _chat_completions(request: Request):
-    body = await request.json()
-    model = body.get("model") or "mock"
-    if body.get("stream"):
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        return StreamingResponse(_chunks(model, include_usage), media_type="text/event-stream")
-    return JSONResponse(_completion(model))
-
-
-async def _models(_: Request):
-    model = {"id": "mock", "object": "model", "created": 0, "owned_by": "mock"}
-    return JSONResponse({"object": "list", "data": [model]})
-
-
-@pytest.fixture(scope="module")
-def mock_upstream() -> Iterator[str]:
-    """A tiny OpenAI-compatible server under uvicorn in a thread; yields its base URL (``.../v1``)."""
-    app = Starlette(
-        routes=[
-            Route("/v1/chat/completions", _chat_completions, methods=["POST"]),
-            Route("/v1/models", _models, methods=["GET"]),
-        ]
-    )
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the mock upstream did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}/v1"
-    server.should_exit = True
-    thread.join(timeout=10)
 
 
 # ---------------------------------------------------------------- the app under test

@@ -203,7 +203,7 @@ def test_another_users_conversation_is_404(server):
 
 
 def test_a_conversation_without_a_user_belongs_to_the_whole_app(server):
-    """Semantics of memory.store.get_conversation: no stored user means any user of the app may use it."""
+    """Semantics of storage.transcripts.get_conversation: no stored user means any user of the app may use it."""
     with server.http() as client:
         conversation = client.post("/v1/conversations", json={"title": "app-wide"}).json()["id"]
         assert client.get(f"/v1/conversations/{conversation}", params={"user": "u2"}).status_code == 200

@@ -9,21 +9,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
-from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
-from pydantic import Field
 from redis.asyncio import Redis
 from sqlalchemy import func, select
 
-from chains.errors import ContextLengthExceeded, InvalidRequest, NotFound
-from chains.models import ModelRegistry, ModelRoute
-from graphs.chat import ChatDeps, build_chat_graph
-from memory import ConversationStore, Database, RedisMemory, SqlMemory, TurnRecord
-from memory.models import Message, Usage
+from errors import ContextLengthExceeded, InvalidRequest, NotFound
+from tests.fakes import chat_graph, fake_registry
+from memory import RedisMemory, SqlMemory
+from storage import ConversationStore, Database, TurnRecord
+from storage.tables import Message, Usage
 from server.services import Services
 from server.settings import Settings
 
@@ -254,29 +251,6 @@ async def test_sql_memory_of_unknown_conversation_is_empty(store):
 # ---------------------------------------------------------------- the chat graph's memory window
 
 
-class RecordingChatModel(FakeMessagesListChatModel):
-    """A fake chat model that keeps every prompt it was given."""
-
-    received: list[list[BaseMessage]] = Field(default_factory=list)
-
-    def _generate(self, messages, stop=None, run_manager=None, **kwargs: Any):
-        self.received.append(list(messages))
-        return super()._generate(messages, stop=stop, run_manager=run_manager, **kwargs)
-
-
-def fake_registry(context_window: int = 4096, max_output_tokens: int = 64) -> tuple[ModelRegistry, RecordingChatModel]:
-    route = ModelRoute(
-        name="fake",
-        base_url="http://127.0.0.1:9/v1",  # never called: the client is replaced
-        context_window=context_window,
-        max_output_tokens=max_output_tokens,
-    )
-    registry = ModelRegistry([route])
-    fake = RecordingChatModel(responses=[AIMessage(content="fake answer")])
-    registry.get("fake").__dict__["client"] = fake
-    return registry, fake
-
-
 def padded(label: str, tokens: int) -> str:
     """A text the approximate counter (3 bytes a token) counts as exactly ``tokens``."""
     return label.ljust(tokens * 3, ".")
@@ -317,12 +291,10 @@ async def test_load_memory_keeps_the_newest_turns_within_memory_max_tokens(
     conversation_id = await history_conversation(store, 3)
     memory = SqlMemory(store) if memory_kind == "sql" else RedisMemory(redis, store, prefix=prefix)
     registry, fake = fake_registry()
-    graph = build_chat_graph(
-        ChatDeps(models=registry, store=store, memory=memory, system_prompt="Be brief.", memory_max_tokens=max_tokens)
-    )
+    graph = chat_graph(models=registry, store=store, memory=memory, system_prompt="Be brief.", memory_max_tokens=max_tokens)
 
     new = padded("q4", TEXT_TOKENS)
-    result = await graph.ainvoke(
+    result = await graph(
         {
             "app_id": APP,
             "messages": [HumanMessage(content=new)],
@@ -354,10 +326,8 @@ async def test_load_memory_window_is_bounded_by_the_room_left_in_the_context(sto
     # 100 tokens of context, 40 kept for the answer, 14 for the new message: 46 left, three messages' worth,
     # less than memory_max_tokens.
     registry, fake = fake_registry(context_window=100, max_output_tokens=40)
-    graph = build_chat_graph(
-        ChatDeps(models=registry, store=store, memory=SqlMemory(store), memory_max_tokens=10_000)
-    )
-    await graph.ainvoke(
+    graph = chat_graph(models=registry, store=store, memory=SqlMemory(store), memory_max_tokens=10_000)
+    await graph(
         {"app_id": APP, "messages": [HumanMessage(content=padded("q4", TEXT_TOKENS))], "conversation_id": conversation_id}
     )
     [prompt] = fake.received
@@ -367,13 +337,13 @@ async def test_load_memory_window_is_bounded_by_the_room_left_in_the_context(sto
 async def test_redis_list_holds_the_turns_the_graph_ran(store, redis, prefix):
     memory = RedisMemory(redis, store, ttl_seconds=600, prefix=prefix)
     registry, fake = fake_registry()
-    graph = build_chat_graph(ChatDeps(models=registry, store=store, memory=memory))
+    graph = chat_graph(models=registry, store=store, memory=memory)
 
-    first = await graph.ainvoke({"app_id": APP, "messages": [HumanMessage(content="hello")], "conversation_id": "new"})
+    first = await graph({"app_id": APP, "messages": [HumanMessage(content="hello")], "conversation_id": "new"})
     conversation_id = first["conversation_id"]
     assert conversation_id.startswith("conv_") and first["created_conversation"] is True
     assert (await store.get_conversation(conversation_id, app_id=APP)).title == "hello"
-    second = await graph.ainvoke(
+    second = await graph(
         {"app_id": APP, "messages": [HumanMessage(content="again")], "conversation_id": conversation_id}
     )
 
@@ -391,20 +361,20 @@ async def test_redis_list_holds_the_turns_the_graph_ran(store, redis, prefix):
 
 async def test_graph_on_unknown_conversation_is_not_found_before_the_model(store):
     registry, fake = fake_registry()
-    graph = build_chat_graph(ChatDeps(models=registry, store=store, memory=SqlMemory(store)))
+    graph = chat_graph(models=registry, store=store, memory=SqlMemory(store))
     with pytest.raises(NotFound) as info:
-        await graph.ainvoke({"app_id": APP, "messages": [HumanMessage(content="hi")], "conversation_id": "conv_missing"})
+        await graph({"app_id": APP, "messages": [HumanMessage(content="hi")], "conversation_id": "conv_missing"})
     assert info.value.param == "conversation_id"
 
     # Another app's conversation is just as unknown.
     conversation = await store.create_conversation(app_id=APP)
     with pytest.raises(NotFound):
-        await graph.ainvoke(
+        await graph(
             {"app_id": "app_someone_else", "messages": [HumanMessage(content="hi")], "conversation_id": conversation.id}
         )
     # And a call with no app is refused.
     with pytest.raises(InvalidRequest):
-        await graph.ainvoke({"messages": [HumanMessage(content="hi")]})
+        await graph({"messages": [HumanMessage(content="hi")]})
     assert fake.received == []
 
 
@@ -419,15 +389,15 @@ async def count(db: Database, model) -> int:
 async def test_context_length_exceeded_when_messages_and_max_tokens_overflow_the_window(db, store):
     # 100 tokens of context minus 40 for the answer leaves 60 for the messages.
     registry, fake = fake_registry(context_window=100, max_output_tokens=40)
-    graph = build_chat_graph(ChatDeps(models=registry, store=store, memory=SqlMemory(store), system_prompt="S"))
+    graph = chat_graph(models=registry, store=store, memory=SqlMemory(store), system_prompt="S")
 
     fits = [HumanMessage(content=padded("fits", 60 - 4 - (1 + 4)))]  # system "S" is 1 + 4
-    await graph.ainvoke({"app_id": APP, "messages": fits, "params": {}})
+    await graph({"app_id": APP, "messages": fits, "params": {}})
     assert len(fake.received) == 1
 
     too_long = [HumanMessage(content=padded("long", 60 - 4 - (1 + 4) + 1))]
     with pytest.raises(ContextLengthExceeded) as info:
-        await graph.ainvoke({"app_id": APP, "messages": too_long, "conversation_id": "new"})
+        await graph({"app_id": APP, "messages": too_long, "conversation_id": "new"})
     error = info.value
     assert error.status_code == 400 and error.code == "context_length_exceeded" and error.param == "messages"
     assert "maximum context length is 100 tokens" in error.message
@@ -436,21 +406,22 @@ async def test_context_length_exceeded_when_messages_and_max_tokens_overflow_the
     assert await count(db, Message) == 0 and await count(db, Usage) == 1  # only the first, stateless turn
 
     # A smaller max_tokens leaves room for the same messages.
-    result = await graph.ainvoke({"app_id": APP, "messages": too_long, "params": {"max_tokens": 39}})
+    result = await graph({"app_id": APP, "messages": too_long, "params": {"max_tokens": 39}})
     assert result["prompt_tokens"] == 61
     assert len(fake.received) == 2
 
     # max_tokens above the route's cap is capped before the check.
     with pytest.raises(ContextLengthExceeded):
-        await graph.ainvoke({"app_id": APP, "messages": too_long, "params": {"max_tokens": 1000}})
+        await graph({"app_id": APP, "messages": too_long, "params": {"max_tokens": 1000}})
 
 
 async def test_redis_rebuild_racing_a_turn_or_a_delete_does_not_cache_a_stale_copy(redis_url, tmp_path):
     """A rebuild reads the database, then writes Redis; a turn or a delete in between must win."""
     from redis.asyncio import Redis
 
-    from memory import ConversationStore, Database, RedisMemory
-    from memory.messages import from_record
+    from memory import RedisMemory
+    from storage import ConversationStore, Database
+    from storage.message_records import from_record
 
     db = Database(f"sqlite+aiosqlite:///{tmp_path / 'race.db'}")
     await db.create_schema()

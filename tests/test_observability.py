@@ -15,10 +15,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
-from chains.local_model import free_port, local_route
-from chains.models import ModelRoute
+from chains.local_model import local_route
+from chains.local_model_process import free_port
+from chains.model_routes import ModelRoute
 from server.app import create_app
-from server.observability import JsonFormatter, RedactSecrets, redact
+from server.json_logs import JsonFormatter, RedactSecrets, redact
 from tests.conftest import ADMIN_KEY, MODEL_PATH, ROOT, genai_serve
 
 GENERATED_ID = re.compile(r"req_[0-9a-f]{32}")
@@ -289,7 +290,7 @@ def test_metrics_can_require_an_admin_key(live_server):
 
 _WORKER = """
 import sys
-from server.metrics import Metrics
+from server.gateway.prometheus_metrics import Metrics
 first, second = Metrics(), Metrics()  # one app per worker, or several in one process: no duplicate metrics
 first.observe_request("GET", "/healthz", 200, 0.01)
 second.count_tokens("m", 5, 7)
@@ -297,7 +298,7 @@ second.count_tokens("m", 5, 7)
 
 _RENDER = """
 import sys
-from server.metrics import Metrics
+from server.gateway.prometheus_metrics import Metrics
 metrics = Metrics()
 assert metrics.multiprocess
 sys.stdout.write(metrics.render()[0].decode())

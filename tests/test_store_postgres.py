@@ -11,9 +11,10 @@ from langchain_core.messages import HumanMessage, SystemMessage
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 
-from chains.errors import NotFound
-from memory import ConversationStore, Database, SqlMemory, TurnRecord
-from memory.models import Conversation, Message, Usage
+from errors import NotFound
+from memory import SqlMemory
+from storage import ConversationStore, Database, TurnRecord
+from storage.tables import Conversation, Message, Usage
 
 APP = "app_pg_tests"  # the app the store tests' conversations belong to
 OTHER_APP = "app_pg_other"

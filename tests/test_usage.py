@@ -15,8 +15,9 @@ import time
 import httpx
 import pytest
 
-from chains.local_model import free_port, local_route
-from chains.models import ModelRoute
+from chains.local_model import local_route
+from chains.local_model_process import free_port
+from chains.model_routes import ModelRoute
 from tests.conftest import ADMIN_KEY, MODEL_PATH
 from tests.test_errors import assert_error
 

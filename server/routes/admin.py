@@ -7,8 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
-from chains.errors import InvalidRequest
-from memory.models import ApiKey, App
+from errors import InvalidRequest
+from storage.tables import ApiKey, App
 from server.deps import AdminCaller, ServicesDep
 
 router = APIRouter(prefix="/admin", tags=["admin"])

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from memory.models import Conversation, Message
+from storage.tables import Conversation, Message
 from server.deps import AppCaller, ServicesDep
 from server.schemas import ConversationCreate
 

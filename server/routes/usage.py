@@ -8,8 +8,8 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 
-from chains.errors import InvalidRequest
-from memory.usage import usage_summary
+from errors import InvalidRequest
+from storage.usage_reports import usage_summary
 from server.deps import AnyCaller, ServicesDep
 
 router = APIRouter(prefix="/v1", tags=["usage"])

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from server.auth import require_admin
-from server.metrics import MetricsDep
+from server.gateway.auth import require_admin
+from server.gateway.prometheus_metrics import MetricsDep
 
 router = APIRouter(tags=["observability"])
 

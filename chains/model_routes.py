@@ -17,7 +17,7 @@ import openai
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from chains.errors import (
+from errors import (
     APIError,
     ContextLengthExceeded,
     InvalidRequest,

@@ -1,4 +1,4 @@
-"""The chat graph's state: what a caller may send, and what the nodes add."""
+"""The chat graph's state: what a caller may send (``ChatInput``), and what the nodes add (``ChatState``)."""
 
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ class ChatState(ChatInput, total=False):
     history: list[BaseMessage]
     prompt: list[BaseMessage]
     prompt_tokens: int
+    # The answer as the client saw it: the model's text after the output stage.
     answer: AIMessage
     completion_tokens: int
     finish_reason: str

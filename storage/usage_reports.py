@@ -7,8 +7,8 @@ from typing import Literal
 
 from sqlalchemy import Integer, case, cast, func, select
 
-from memory.db import Database
-from memory.models import Usage
+from storage.engine import Database
+from storage.tables import Usage
 
 GroupBy = Literal["day", "model", "key", "app"]
 

@@ -11,8 +11,8 @@ import time
 
 from fastapi import Request
 
-from chains.errors import AuthenticationFailed, PermissionDenied
-from memory.tenants import Caller, TenantStore, hash_key
+from errors import AuthenticationFailed, PermissionDenied
+from storage.tenants import Caller, TenantStore, hash_key
 
 AUTH_CACHE_SECONDS = 5.0
 
@@ -78,11 +78,18 @@ async def authenticate(request: Request) -> Caller:
     return caller
 
 
-async def require_app(request: Request) -> Caller:
+async def app_caller(request: Request) -> Caller:
+    """The calling app's key, not yet counted against its limits (see ``admit``)."""
     caller = await authenticate(request)
     if caller.app_id is None:
         raise PermissionDenied("Admin keys manage the platform; call this route with an app's API key.")
-    await _admit(request, caller)
+    return caller
+
+
+async def require_app(request: Request) -> Caller:
+    """An app's key, with the request counted against its rate limits."""
+    caller = await app_caller(request)
+    await admit(request, caller)
     return caller
 
 
@@ -90,7 +97,7 @@ async def require_key(request: Request) -> Caller:
     """Any valid key; app keys count against their rate limits."""
     caller = await authenticate(request)
     if caller.app_id is not None:
-        await _admit(request, caller)
+        await admit(request, caller)
     return caller
 
 
@@ -101,11 +108,12 @@ async def require_admin(request: Request) -> Caller:
     return caller
 
 
-async def _admit(request: Request, caller: Caller) -> None:
-    """Count the request against the key's limits, once even when several dependencies ask."""
+async def admit(request: Request, caller: Caller, requests: int = 1) -> None:
+    """Count the request (as ``requests`` chat requests: a batch counts each input) against the key's limits,
+    once even when several dependencies ask."""
     if not getattr(request.state, "admitted", False):
         request.state.admitted = True
-        await request.app.state.services.limiter.admit(request, caller)
+        await request.app.state.services.limiter.admit(request, caller, requests=requests)
 
 
 def _redacted(token: str) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
-from memory.models import Base
+from storage.tables import Base
 
 
 class Database:

@@ -9,8 +9,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from chains.errors import APIError, InternalError, InvalidRequest, NotFound, PayloadTooLarge
-from server.auth import authenticate
+from errors import APIError, InternalError, InvalidRequest, NotFound, PayloadTooLarge
+from server.gateway.auth import authenticate
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from chains.errors import Conflict, NotFound
-from memory.db import Database
-from memory.models import ApiKey, App, now
+from errors import Conflict, NotFound
+from storage.engine import Database
+from storage.tables import ApiKey, App, now
 
 KEY_PREFIX_LENGTH = 12  # "sk-" and 9 characters: enough to tell keys apart, useless to an attacker
 

@@ -16,10 +16,10 @@ from typing import Any
 from langchain_core.messages import BaseMessage
 from sqlalchemy import delete, func, insert, select, update
 
-from chains.errors import APIError, NotFound
-from memory.db import Database
-from memory.messages import message_role
-from memory.models import Conversation, Message, Usage, now
+from errors import APIError, NotFound
+from storage.engine import Database
+from storage.message_records import message_role
+from storage.tables import Conversation, Message, Usage, now
 
 
 def new_conversation_id() -> str:

@@ -18,8 +18,8 @@ from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.util import WindowStats
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from chains.errors import RateLimited
-from memory.tenants import Caller
+from errors import RateLimited
+from storage.tenants import Caller
 
 HEADERS_STATE_KEY = "ratelimit_headers"
 
@@ -52,12 +52,13 @@ class RateLimiter:
         self.strategy = SlidingWindowCounterRateLimiter(storage)
         self.on_reject = on_reject  # called with "requests" or "tokens", for metrics
 
-    async def admit(self, request: Request, caller: Caller) -> None:
-        """Count the request against the key's limits, or raise 429 with Retry-After."""
+    async def admit(self, request: Request, caller: Caller, requests: int = 1) -> None:
+        """Count ``requests`` (a batch counts each of its inputs) against the key's limits, or raise 429
+        with Retry-After. A count larger than what is left is refused whole and counts nothing."""
         headers: dict[str, str] = {}
         if caller.rpm:
             item = RateLimitItemPerMinute(caller.rpm)
-            admitted = await self.strategy.hit(item, "requests", caller.key_id)
+            admitted = await self.strategy.hit(item, "requests", caller.key_id, cost=requests)
             reset, _ = await self._window(item, "requests", caller, headers)
             if not admitted:
                 self._reject("requests", caller, reset, headers)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from chains.errors import PayloadTooLarge
+from errors import PayloadTooLarge
 
 
 class BodySizeLimit:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from chains.models import ChatModel
+from chains.model_routes import ChatModel
 from server.deps import AnyCaller, ServicesDep
 
 router = APIRouter(prefix="/v1", tags=["models"])

@@ -1,0 +1,121 @@
+"""The local model's process: llama-cpp-python's OpenAI-compatible server as a supervised child.
+
+``LocalModelServer`` starts ``python -m chains.llama_server`` (the stock server
+with the ``genai-qa`` chat format) on a free loopback port, waits until it
+answers, and stops it with the platform.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from chains.local_model import CHAT_FORMAT, LOCAL_MODEL_NAME, ensure_local_model
+
+log = logging.getLogger(__name__)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+class LocalModelServer:
+    """A llama.cpp server child process on loopback; use as a context manager."""
+
+    def __init__(
+        self,
+        model_path: Path,
+        *,
+        context_window: int = 4096,
+        threads: int = 2,
+        port: int | None = None,
+        log_path: Path | None = None,
+        startup_timeout: float = 180.0,
+    ) -> None:
+        self.model_path = Path(model_path)
+        self.context_window = context_window
+        self.threads = threads
+        self.port = port or free_port()
+        self.log_path = log_path
+        self.startup_timeout = startup_timeout
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "chains.llama_server",
+            "--model", str(self.model_path),
+            "--model_alias", LOCAL_MODEL_NAME,
+            "--chat_format", CHAT_FORMAT,
+            "--host", "127.0.0.1",
+            "--port", str(self.port),
+            "--n_ctx", str(self.context_window),
+            "--n_threads", str(self.threads),
+            "--n_threads_batch", str(self.threads),
+            "--verbose", "False",
+            # The stock server cuts a streaming answer short when another request arrives;
+            # a shared platform must queue them instead.
+            "--interrupt_requests", "False",
+        ]  # fmt: skip
+
+    def start(self) -> LocalModelServer:
+        ensure_local_model(self.model_path)
+        output = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        self.process = subprocess.Popen(
+            self.command(),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,  # Ctrl-C in a terminal reaches us, and we stop it in order
+        )
+        self.wait_ready()
+        log.info("local model %s ready at %s", LOCAL_MODEL_NAME, self.base_url)
+        return self
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(
+                    f"the local model server exited with code {self.process.returncode}"
+                    + (f"; see {self.log_path}" if self.log_path else "")
+                )
+            try:
+                if httpx.get(f"{self.base_url}/models", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise TimeoutError(f"the local model server did not answer within {self.startup_timeout:g} s")
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def __enter__(self) -> LocalModelServer:
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()

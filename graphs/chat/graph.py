@@ -1,0 +1,25 @@
+"""The chat request path, wired: preprocess -> load_memory -> call_model -> persist."""
+
+from __future__ import annotations
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
+
+from graphs.chat.context import ChatContext
+from graphs.chat.nodes import call_model, load_memory, persist, preprocess
+from graphs.chat.state import ChatInput, ChatState
+
+
+def build_chat_graph() -> CompiledStateGraph:
+    """Compiled once per process; each run gets its dependencies as ``context=ChatContext(...)``."""
+    graph = StateGraph(ChatState, input_schema=ChatInput, context_schema=ChatContext)
+    graph.add_node("preprocess", preprocess)
+    graph.add_node("load_memory", load_memory)
+    graph.add_node("call_model", call_model)
+    graph.add_node("persist", persist)
+    graph.add_edge(START, "preprocess")
+    graph.add_edge("preprocess", "load_memory")
+    graph.add_edge("load_memory", "call_model")
+    graph.add_edge("call_model", "persist")
+    graph.add_edge("persist", END)
+    return graph.compile(name="chat")

@@ -1,0 +1,164 @@
+"""The chat graph's nodes: small functions of the state, with their dependencies in the runtime context.
+
+Each returns only the keys it sets. The wiring is in ``graphs.chat.graph``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, SystemMessage, trim_messages
+from langchain_core.runnables import RunnableConfig
+from langgraph.runtime import Runtime
+
+from chains.model_routes import ChatModel, translate_upstream_error
+from chains.output_stage import OutputStage
+from errors import ContextLengthExceeded, InvalidRequest
+from graphs.chat.context import ChatContext
+from graphs.chat.state import ChatState
+from storage.transcripts import TurnRecord, new_conversation_id
+
+
+async def preprocess(state: ChatState, runtime: Runtime[ChatContext]) -> dict[str, Any]:
+    """Validate the turn, resolve the route, the conversation and the system prompt; refuse what cannot fit."""
+    context = runtime.context
+    messages = list(state.get("messages") or [])
+    if not messages:
+        raise InvalidRequest("`messages` must contain at least one message.", param="messages")
+    if not any(m.type == "human" for m in messages) and not state.get("conversation_id"):
+        raise InvalidRequest("`messages` must contain a user message.", param="messages")
+    chat = context.models.get(state.get("model"), allowed=state.get("allowed_models"))
+    app_id = state.get("app_id")
+    if not app_id:
+        raise InvalidRequest("The request has no app: call with an app's API key.")
+
+    conversation_id = state.get("conversation_id")
+    created = conversation_id == "new"
+    if created:
+        conversation_id = new_conversation_id()
+    elif conversation_id:
+        await context.store.check_conversation(conversation_id, app_id=app_id, user=state.get("user"))
+
+    system = [m for m in messages if m.type == "system"]
+    default_prompt = state.get("app_system_prompt") or context.system_prompt
+    if not system and default_prompt:
+        system = [SystemMessage(content=default_prompt)]
+    turn = [m for m in messages if m.type != "system"]
+    if not turn:
+        raise InvalidRequest("`messages` must contain a user message.", param="messages")
+    params = state.get("params") or {}
+    prompt_tokens = chat.tokens.count_messages(system + turn)
+    max_tokens = chat.max_tokens_for(params)
+    if prompt_tokens > chat.route.context_window - max_tokens:
+        raise ContextLengthExceeded(
+            f"This model's maximum context length is {chat.route.context_window} tokens. "
+            f"However, you requested {prompt_tokens + max_tokens} tokens "
+            f"({prompt_tokens} in the messages, {max_tokens} in the completion). "
+            "Please reduce the length of the messages or completion.",
+            param="messages",
+        )
+    return {
+        "messages": turn,
+        "system": system,
+        "model_name": chat.route.name,
+        "conversation_id": conversation_id,
+        "created_conversation": created,
+        "prompt_tokens": prompt_tokens,
+        "started_at": state.get("started_at") or time.perf_counter(),
+    }
+
+
+async def load_memory(state: ChatState, runtime: Runtime[ChatContext]) -> dict[str, Any]:
+    """The conversation's newest prior turns that fit the memory budget and the context window."""
+    context = runtime.context
+    chat = context.models.get(state["model_name"])
+    history: list[BaseMessage] = []
+    if state.get("conversation_id") and not state.get("created_conversation"):
+        prior = await context.memory.load(state["conversation_id"])
+        room = chat.route.context_window - chat.max_tokens_for(state.get("params") or {}) - state["prompt_tokens"]
+        budget = min(context.memory_max_tokens, room)
+        if prior and budget > 0:
+            history = trim_messages(
+                prior, max_tokens=budget, token_counter=chat.tokens.count_messages, strategy="last", start_on="human"
+            )
+    return {
+        "history": history,
+        "prompt": [*state["system"], *history, *state["messages"]],
+        "prompt_tokens": state["prompt_tokens"] + (chat.tokens.count_messages(history) if history else 0),
+    }
+
+
+async def call_model(state: ChatState, config: RunnableConfig, runtime: Runtime[ChatContext]) -> dict[str, Any]:
+    """The model's answer through the output stage; streamed as ``{"delta": text}`` custom events when asked."""
+    context = runtime.context
+    chat = context.models.get(state["model_name"])
+    stage = OutputStage.for_answer(context.output_filters, state)
+    try:
+        if state.get("stream"):
+            answer = await _stream_answer(chat, state, config, stage, runtime.stream_writer)
+        else:
+            answer = await chat.client.ainvoke(state["prompt"], config, **chat.call_kwargs(state.get("params") or {}))
+            await stage.feed(answer.text.lstrip())  # completion-style models start with a space
+            await stage.finish()
+    except Exception as exc:  # the model server's failures become API errors
+        error = translate_upstream_error(exc, chat.route)
+        if error is None:
+            raise
+        raise error from exc
+    usage = answer.usage_metadata or {}
+    return {
+        "answer": AIMessage(content=stage.text, id=state["response_id"]),
+        "prompt_tokens": usage.get("input_tokens") or state["prompt_tokens"],
+        "completion_tokens": usage.get("output_tokens") or chat.tokens.count_text(answer.text),
+        "finish_reason": "content_filter" if stage.blocked else _finish_reason(answer),
+        "latency_ms": (time.perf_counter() - state["started_at"]) * 1000,
+    }
+
+
+async def _stream_answer(chat: ChatModel, state: ChatState, config: RunnableConfig, stage: OutputStage, write) -> AIMessageChunk:
+    answer: AIMessageChunk | None = None
+    started = False
+    async for chunk in chat.client.astream(state["prompt"], config, **chat.call_kwargs(state.get("params") or {})):
+        answer = chunk if answer is None else answer + chunk
+        delta = chunk.text if started else chunk.text.lstrip()  # completion-style models start with a space
+        started = started or bool(delta)
+        if delta and (released := await stage.feed(delta)):
+            write({"delta": released})
+        if stage.blocked:
+            break
+    if released := await stage.finish():
+        write({"delta": released})
+    return answer or AIMessageChunk(content="")
+
+
+async def persist(state: ChatState, runtime: Runtime[ChatContext]) -> dict[str, Any]:
+    """The turn and its usage in one transaction, then the conversation's memory."""
+    context = runtime.context
+    conversation_id = state.get("conversation_id")
+    total = await context.store.record_turn(
+        TurnRecord(
+            response_id=state["response_id"],
+            app_id=state["app_id"],
+            key_prefix=state.get("key_prefix"),
+            model=state["model_name"],
+            prompt_tokens=state["prompt_tokens"],
+            completion_tokens=state["completion_tokens"],
+            latency_ms=state["latency_ms"],
+            conversation_id=conversation_id,
+            create_conversation=bool(state.get("created_conversation")),
+            user=state.get("user"),
+            new_messages=state["messages"],
+            answer=state["answer"].text,
+            finish_reason=state["finish_reason"],
+            stream=bool(state.get("stream")),
+        )
+    )
+    if conversation_id and total:
+        await context.memory.append(conversation_id, [*state["messages"], state["answer"]], total)
+    return {}
+
+
+def _finish_reason(answer: AIMessage) -> str:
+    reason = (answer.response_metadata or {}).get("finish_reason")
+    return reason if reason in ("stop", "length", "content_filter", "tool_calls") else "stop"

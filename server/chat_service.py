@@ -1,0 +1,285 @@
+"""The one chat service that every entry point uses: ``/v1/chat/completions``, LangServe's ``/chat``, evaluation runs.
+
+For each request it mints the response id (the trace's run id, so feedback and
+traces meet), runs the chat graph plain or streamed, and keeps the books the
+same way whichever door the request came through:
+
+* a usage record for a request that fails (a successful one is written by the
+  graph's ``persist`` node, in the same transaction as its turn);
+* the tokens really used, charged to the key's rate limit after the answer
+  (in the background: the next request of the key sees them, this one does not
+  wait for them);
+* the metrics: time to first token, tokens by model, model errors.
+
+Entry points translate their input into a ``ChatCall`` and the ``ChatResult``
+(or the ``ChatStream``'s text) into their output; nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from langchain_core.messages import BaseMessage
+from langgraph.graph.state import CompiledStateGraph
+
+from errors import APIError, InternalError
+from graphs.chat import ChatContext, ChatInput
+from server.gateway.prometheus_metrics import ChatRecorder, Metrics
+from server.gateway.rate_limits import RateLimiter
+from server.gateway.request_context import current_request_id
+from storage.tenants import Caller
+from storage.transcripts import TurnRecord
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ChatCall:
+    """One chat request, whichever entry point it came through."""
+
+    caller: Caller
+    messages: list[BaseMessage]
+    model: str | None = None
+    # An existing conversation's id, "new" to start one, or None for a stateless call.
+    conversation_id: str | None = None
+    # OpenAI's generation parameters (``max_tokens``, ``temperature``, ``stop``, ...); None means unset.
+    params: dict[str, Any] = field(default_factory=dict)
+    user: str | None = None
+    # The run id of the entry point's own trace run, when it has one (LangServe); the service mints one otherwise.
+    run_id: uuid.UUID | None = None
+
+
+@dataclass(frozen=True)
+class ChatResult:
+    response_id: str
+    model: str
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    conversation_id: str | None = None
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+def response_id_for(run_id: uuid.UUID) -> str:
+    return f"chatcmpl-{run_id.hex}"
+
+
+def trace_config(caller: Caller) -> dict[str, Any]:
+    """LangSmith tags and metadata naming the app and key (never the key itself)."""
+    return {
+        "tags": [f"app:{caller.app_name}", f"key:{caller.key_prefix}"],
+        "metadata": {"app": caller.app_name, "app_id": caller.app_id, "key_prefix": caller.key_prefix},
+    }
+
+
+class ChatService:
+    def __init__(
+        self,
+        graph: CompiledStateGraph,
+        context: ChatContext,
+        limiter: RateLimiter,
+        metrics: Metrics,
+    ) -> None:
+        self.graph = graph
+        self.context = context
+        self.limiter = limiter
+        self.metrics = metrics
+        self._background: set[asyncio.Task] = set()
+
+    async def complete(self, call: ChatCall, config: dict[str, Any] | None = None) -> ChatResult:
+        """Answer ``call`` in one piece."""
+        run = _Run(self, call, config, stream=False)
+        try:
+            state = await self.graph.ainvoke(run.state, run.config, context=self.context)
+        except Exception as exc:
+            raise await run.failed(exc) from exc
+        return run.succeeded(state)
+
+    async def stream(self, call: ChatCall, config: dict[str, Any] | None = None) -> ChatStream:
+        """Answer ``call`` as a stream, started: what fails before the answer's first text raises here."""
+        run = _Run(self, call, config, stream=True)
+        events = self.graph.astream(run.state, run.config, context=self.context, stream_mode=["custom", "updates"])
+        stream = ChatStream(run, events)
+        await stream.start()
+        return stream
+
+    async def check(self, call: ChatCall) -> None:
+        """The checks an entry point must make before it commits to a streamed response: the model route and the
+        conversation are the caller's. ``preprocess`` makes them again inside the graph; a failure is recorded."""
+        try:
+            self.context.models.get(call.model, allowed=call.caller.allowed_models)
+            if call.conversation_id and call.conversation_id != "new":
+                await self.context.store.check_conversation(call.conversation_id, app_id=call.caller.app_id, user=call.user)
+        except APIError as error:
+            raise await _Run(self, call, None, stream=False).failed(error) from None
+
+    def spawn(self, work: Coroutine[Any, Any, Any]) -> None:
+        """Run bookkeeping after the answer, without making the client wait; ``drain`` awaits what is left."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._settled)
+
+    def _settled(self, task: asyncio.Task) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background chat bookkeeping failed", exc_info=task.exception())
+
+    async def drain(self) -> None:
+        """Wait for the background bookkeeping (token charges) of finished requests; at shutdown and in tests."""
+        while self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
+
+
+class _Run:
+    """One request's run: its graph input and config, its metrics recorder, and its books."""
+
+    def __init__(self, service: ChatService, call: ChatCall, config: dict[str, Any] | None, *, stream: bool) -> None:
+        self.service = service
+        self.call = call
+        self.stream = stream
+        self.started_at = time.perf_counter()
+        caller = call.caller
+        self.recorder: ChatRecorder = service.metrics.chat(call.model or service.context.models.default, self.started_at)
+        trace = trace_config(caller)
+        base = dict(config or {})
+        run_config: dict[str, Any] = {
+            **base,
+            "tags": list(dict.fromkeys([*(base.get("tags") or []), *trace["tags"]])),
+            "metadata": {
+                **(base.get("metadata") or {}),
+                **trace["metadata"],
+                "user": call.user,
+                "request_id": current_request_id(),
+            },
+        }
+        if call.run_id is None:  # this run is the trace's root, and its id the response's
+            run_id = uuid.uuid4()
+            run_config.update(run_id=run_id, run_name="chat")
+        else:  # a child of the entry point's run, which has the response's id
+            run_id = call.run_id
+            run_config.pop("run_id", None)
+        self.response_id = response_id_for(run_id)
+        self.config = run_config
+        self.state: ChatInput = {
+            "messages": call.messages,
+            "model": call.model,
+            "conversation_id": call.conversation_id,
+            "params": call.params,
+            "stream": stream,
+            "response_id": self.response_id,
+            "user": call.user,
+            "started_at": self.started_at,
+            "app_id": caller.app_id,
+            "key_prefix": caller.key_prefix,
+            "app_system_prompt": caller.system_prompt,
+            "allowed_models": list(caller.allowed_models) if caller.allowed_models is not None else None,
+        }
+
+    def first_token(self, info: dict[str, Any]) -> None:
+        self.recorder.first_token(info)
+
+    def succeeded(self, state: dict[str, Any]) -> ChatResult:
+        self.recorder.finished(state)
+        result = ChatResult(
+            response_id=self.response_id,
+            model=state["model_name"],
+            text=state["answer"].text,
+            finish_reason=state.get("finish_reason") or "stop",
+            prompt_tokens=int(state.get("prompt_tokens") or 0),
+            completion_tokens=int(state.get("completion_tokens") or 0),
+            conversation_id=state.get("conversation_id"),
+        )
+        if result.total_tokens and self.call.caller.tpm:
+            self.service.spawn(self.service.limiter.spend_tokens(self.call.caller, result.total_tokens))
+        return result
+
+    async def failed(self, exc: Exception, info: dict[str, Any] | None = None) -> APIError:
+        """Record the failure (metrics and a usage record) and return the error the client gets."""
+        if isinstance(exc, APIError):
+            error = exc
+        else:
+            log.error("chat request failed", exc_info=exc)
+            error = InternalError("The server had an error while processing your request.")
+        self.recorder.failed(error, info)
+        caller = self.call.caller
+        try:
+            await self.service.context.store.record_turn(
+                TurnRecord.failure(
+                    response_id=self.response_id,
+                    app_id=caller.app_id,
+                    key_prefix=caller.key_prefix,
+                    user=self.call.user,
+                    model=(info or {}).get("model_name") or self.call.model or self.service.context.models.default or "",
+                    latency_ms=(time.perf_counter() - self.started_at) * 1000,
+                    stream=self.stream,
+                    error=error,
+                )
+            )
+        except Exception:  # the client must still learn what went wrong first
+            log.exception("could not record the failed request %s", self.response_id)
+        return error
+
+
+class ChatStream:
+    """A started streamed run. Iterate it for the answer's text, as the output stage releases it.
+
+    ``info`` holds what the run has settled so far (response id, model, conversation id once
+    ``start`` returns); ``result`` is set when the iteration ends. An ``APIError`` raised while
+    iterating has been recorded already: the entry point only reports it in its own format.
+    """
+
+    def __init__(self, run: _Run, events: AsyncIterator[tuple[str, Any]]) -> None:
+        self._run = run
+        self._events = events
+        self._buffered: list[str] = []
+        self.info: dict[str, Any] = {"response_id": run.response_id, "model_name": run.recorder.model}
+        self.result: ChatResult | None = None
+
+    async def start(self) -> None:
+        """Run up to the answer's first text (or its end)."""
+        try:
+            async for mode, chunk in self._events:
+                if self._absorb(mode, chunk) is not None:
+                    self._buffered.append(chunk["delta"])
+                    break
+        except Exception as exc:
+            await self._events.aclose()
+            raise await self._run.failed(exc, self.info) from exc
+        except BaseException:
+            await self._events.aclose()
+            raise
+
+    def _absorb(self, mode: str, chunk: Any) -> str | None:
+        """Take one graph event in; the text delta it carries, if any."""
+        if mode == "custom":
+            self._run.first_token(self.info)
+            return chunk["delta"]
+        for update in chunk.values():
+            if update:
+                self.info.update(update)
+        return None
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        try:
+            for delta in self._buffered:
+                yield delta
+            self._buffered.clear()
+            async for mode, chunk in self._events:
+                if (delta := self._absorb(mode, chunk)) is not None:
+                    yield delta
+        except Exception as exc:
+            raise await self._run.failed(exc, self.info) from exc
+        finally:
+            await self._events.aclose()
+        self.result = self._run.succeeded(self.info)

@@ -1,0 +1,118 @@
+"""POST /v1/chat/completions: OpenAI's chat API, plus server-side memory via ``conversation_id``.
+
+A translation only: the request becomes a ``ChatCall`` for the chat service,
+its ``ChatResult`` a ``chat.completion`` and its ``ChatStream`` OpenAI's SSE chunks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from errors import APIError, InvalidRequest
+from server.chat_service import ChatCall, ChatResult, ChatStream
+from server.deps import AppCaller, ServicesDep
+from server.schemas import ChatCompletion, ChatCompletionRequest, Usage
+
+router = APIRouter(prefix="/v1", tags=["chat"])
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+@router.post(
+    "/chat/completions",
+    response_model=ChatCompletion,
+    responses={200: {"description": "A chat completion, or with `stream: true` a stream of chunks as server-sent events."}},
+)
+async def create_chat_completion(body: ChatCompletionRequest, caller: AppCaller, services: ServicesDep):
+    if body.n != 1:
+        raise InvalidRequest("Only n=1 is supported: ask for one choice per request.", param="n", code="unsupported_value")
+    call = ChatCall(
+        caller=caller,
+        messages=[message.to_message() for message in body.messages],
+        model=body.model,
+        conversation_id=body.conversation_id,
+        params=body.generation_params(),
+        user=body.user,
+    )
+    if not body.stream:
+        result = await services.chat.complete(call)
+        headers = {"X-Conversation-ID": result.conversation_id} if result.conversation_id else None
+        return JSONResponse(completion_object(result), headers=headers)
+    stream = await services.chat.stream(call)
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    headers = dict(SSE_HEADERS)
+    if stream.info.get("conversation_id"):
+        headers["X-Conversation-ID"] = stream.info["conversation_id"]
+    return StreamingResponse(sse_chunks(stream, include_usage), media_type="text/event-stream", headers=headers)
+
+
+def completion_object(result: ChatResult) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": result.response_id,
+        "object": "chat.completion",
+        "created": result.created,
+        "model": result.model,
+        "system_fingerprint": None,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": result.text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": result.finish_reason,
+            }
+        ],
+        "usage": Usage.of(result.prompt_tokens, result.completion_tokens).model_dump(),
+    }
+    if result.conversation_id:
+        body["conversation_id"] = result.conversation_id
+    return body
+
+
+async def sse_chunks(stream: ChatStream, include_usage: bool) -> AsyncIterator[bytes]:
+    """The stream as OpenAI's ``chat.completion.chunk`` events, ending in ``data: [DONE]``.
+
+    The status line is sent by then, so a failure becomes a final ``data: {"error": ...}`` event.
+    """
+    info = stream.info
+    shape = _ChunkShape(info["response_id"], info["model_name"], info.get("conversation_id"), include_usage)
+    try:
+        yield shape.event({"role": "assistant", "content": ""})
+        async for text in stream:
+            yield shape.event({"content": text})
+        result = stream.result
+        assert result is not None
+        yield shape.event({}, result.finish_reason)
+        if include_usage:
+            yield shape.event(None, usage=Usage.of(result.prompt_tokens, result.completion_tokens).model_dump())
+        yield b"data: [DONE]\n\n"
+    except APIError as error:  # recorded by the chat service already
+        yield b"data: " + orjson.dumps(error.to_dict()) + b"\n\n"
+
+
+class _ChunkShape:
+    def __init__(self, response_id: str, model: str, conversation_id: str | None, include_usage: bool) -> None:
+        self.common: dict[str, Any] = {
+            "id": response_id,
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
+            "system_fingerprint": None,
+        }
+        self.include_usage = include_usage
+        self.conversation_id = conversation_id
+
+    def event(self, delta: dict[str, Any] | None, finish_reason: str | None = None, usage: Any = None) -> bytes:
+        """One SSE event; ``delta=None`` makes the usage chunk, whose ``choices`` is empty."""
+        choices = [] if delta is None else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]
+        body = {**self.common, "choices": choices}
+        if self.include_usage:
+            body["usage"] = usage
+        if self.conversation_id:
+            body["conversation_id"] = self.conversation_id
+        return b"data: " + orjson.dumps(body) + b"\n\n"

@@ -1,0 +1,187 @@
+"""The chat service through LangServe at /chat: invoke, batch, stream, stream_log, playground.
+
+LangServe builds these routes itself; around them this module adds the app-key
+authentication, the caller and its conversation in the run config, the checks
+that must happen before LangServe starts a response (a malformed body, which
+LangServe would answer with a 500; an unknown conversation or model, which
+once streaming could only cut the stream short), and a request count per input
+of a batch. The runnable it serves is a thin adapter: messages in, the chat
+service's answer out as AI message chunks.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import orjson
+from fastapi import Depends, FastAPI, Request
+from langchain_core.messages import AIMessageChunk, AnyMessage, message_chunk_to_message
+from langchain_core.runnables import Runnable, RunnableConfig, RunnableGenerator
+from langserve import add_routes
+from pydantic import BaseModel, Field
+
+from errors import InvalidRequest
+from server.chat_service import ChatCall, ChatService, trace_config
+from server.gateway.auth import admit, app_caller
+from server.services import Services
+from storage.tenants import Caller
+
+PATH = "/chat"
+MESSAGE_TYPES = {
+    "human", "ai", "system", "HumanMessage", "AIMessage", "SystemMessage",
+    "HumanMessageChunk", "AIMessageChunk", "SystemMessageChunk",
+}  # fmt: skip
+
+
+class ChatRequest(BaseModel):
+    """Input of /chat: the messages (only the new ones when the conversation is kept server-side)."""
+
+    messages: list[AnyMessage] = Field(description="chat messages, oldest first")
+
+
+def chat_runnable(service: ChatService) -> Runnable:
+    """The chat service as a chat-shaped runnable, as LangServe's chat playground wants it:
+    ``{"messages": [...]}`` in, the answer as AI message chunks out (the last one with usage)."""
+
+    async def answer(inputs: AsyncIterator[Any], config: RunnableConfig) -> AsyncIterator[AIMessageChunk]:
+        request: Any = None
+        async for item in inputs:
+            request = item
+        messages = request.get("messages") if isinstance(request, dict) else getattr(request, "messages", None)
+        configurable = config.get("configurable") or {}
+        call = ChatCall(
+            caller=configurable["caller"],
+            # The playground sends earlier answers back as chunks; the graph and memory want messages.
+            messages=[message_chunk_to_message(m) for m in messages or []],
+            model=configurable.get("model"),
+            conversation_id=configurable.get("conversation_id"),
+            run_id=_own_run_id(config),
+        )
+        if not configurable.get("stream", True):  # /invoke and /batch: the client waits for the whole answer
+            result = await service.complete(call, config)
+            yield AIMessageChunk(content=result.text, id=result.response_id)
+        else:
+            stream = await service.stream(call, config)
+            async for text in stream:
+                yield AIMessageChunk(content=text, id=stream.info["response_id"])
+            result = stream.result
+        yield AIMessageChunk(
+            content="",
+            id=result.response_id,
+            response_metadata={
+                "finish_reason": result.finish_reason,
+                "model_name": result.model,
+                "conversation_id": result.conversation_id,
+            },
+            usage_metadata={
+                "input_tokens": result.prompt_tokens,
+                "output_tokens": result.completion_tokens,
+                "total_tokens": result.total_tokens,
+            },
+        )
+
+    return RunnableGenerator(answer, name="chat").with_types(input_type=ChatRequest, output_type=AIMessageChunk)
+
+
+def _own_run_id(config: RunnableConfig) -> uuid.UUID | None:
+    """The id of this runnable's own trace run (LangServe's run id): the response id is made from it."""
+    parent = getattr(config.get("callbacks"), "parent_run_id", None)
+    return uuid.UUID(str(parent)) if parent else None
+
+
+def mount(app: FastAPI, services: Services) -> None:
+    async def per_request_config(config: dict, request: Request) -> dict:
+        # LangServe drops configurable keys a client sends that the runnable does not declare;
+        # the caller comes from its key, the conversation and model from headers.
+        caller = await app_caller(request)  # admitted by `gate` already
+        configurable = {
+            **(config.get("configurable") or {}),
+            "caller": caller,
+            "stream": not request.url.path.endswith(("/invoke", "/batch")),
+        }
+        if conversation_id := request.headers.get("x-conversation-id"):
+            configurable["conversation_id"] = conversation_id
+        if model := request.headers.get("x-model"):
+            configurable["model"] = model
+        await services.chat.check(
+            ChatCall(caller=caller, messages=[], model=configurable.get("model"), conversation_id=configurable.get("conversation_id"))
+        )
+        trace = trace_config(caller)
+        return {
+            **config,
+            "configurable": configurable,
+            "tags": [*(config.get("tags") or []), *trace["tags"]],
+            "metadata": {**(config.get("metadata") or {}), **trace["metadata"]},
+        }
+
+    add_routes(
+        app,
+        chat_runnable(services.chat),
+        path=PATH,
+        playground_type="chat",
+        per_req_config_modifier=per_request_config,
+        enable_feedback_endpoint=False,
+        dependencies=[Depends(gate)],
+    )
+
+
+async def gate(request: Request, caller: Annotated[Caller, Depends(app_caller)]) -> None:
+    """Every /chat route: an app's key, a body LangServe can serve, and one request counted per chat input."""
+    await admit(request, caller, requests=await check_body(request))
+
+
+async def check_body(request: Request) -> int:
+    """Refuse what LangServe would answer with a 500 or a cut stream: bad JSON, wrong types, no messages.
+    Returns how many chat requests the body makes."""
+    if request.method != "POST":
+        return 1
+    try:
+        body = orjson.loads(await request.body())
+    except (orjson.JSONDecodeError, UnicodeDecodeError):
+        raise InvalidRequest("We could not parse the JSON body of your request.", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    if request.url.path.endswith("/batch"):
+        inputs = body.get("inputs")
+        if not isinstance(inputs, list) or not inputs:
+            raise InvalidRequest("`inputs` must be a non-empty list of chat inputs.", param="inputs")
+        for index, item in enumerate(inputs):
+            _check_input(item, f"inputs[{index}]")
+        if "config" in body and not isinstance(body["config"], dict | list):
+            raise InvalidRequest("`config` must be an object or a list of objects.", param="config")
+        return len(inputs)
+    _check_input(body.get("input"), "input")
+    if "config" in body and not isinstance(body["config"], dict):
+        raise InvalidRequest("`config` must be an object.", param="config")
+    if "kwargs" in body and not isinstance(body["kwargs"], dict):
+        raise InvalidRequest("`kwargs` must be an object.", param="kwargs")
+    return 1
+
+
+def _check_input(value: Any, param: str) -> None:
+    messages = value.get("messages") if isinstance(value, dict) else None
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequest(f"`{param}.messages` must be a non-empty list of messages.", param=f"{param}.messages")
+    for index, message in enumerate(messages):
+        where = f"{param}.messages[{index}]"
+        kind = message.get("type") if isinstance(message, dict) else None
+        if not isinstance(kind, str) or kind not in MESSAGE_TYPES:
+            raise InvalidRequest(
+                f"`{where}` must be a human, ai or system message (tool and function messages are not supported).",
+                param=where,
+            )
+        if not _is_text(message.get("content")):
+            raise InvalidRequest(f"`{where}.content` must be text or a list of text parts.", param=f"{where}.content")
+    if not any(m["type"].startswith(("human", "Human")) for m in messages):
+        raise InvalidRequest(f"`{param}.messages` must contain a human message.", param=f"{param}.messages")
+
+
+def _is_text(content: Any) -> bool:
+    if isinstance(content, str):
+        return True
+    return isinstance(content, list) and all(
+        isinstance(part, str) or (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str))
+        for part in content
+    )
