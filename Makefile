@@ -29,6 +29,7 @@ test: $(STAMP) services
 
 bench: $(STAMP) services
 	$(BIN)/python bench/gateway_overhead.py
+	$(BIN)/python bench/local_model_tokens.py
 
 clean:
 	rm -rf $(VENV) .cache

@@ -48,6 +48,12 @@ register_chat_format(CHAT_FORMAT)(format_qa_transcript)
 
 
 if __name__ == "__main__":
+    import os
+
     from llama_cpp.server.__main__ import main
 
+    from chains.local_model_process import PARENT_PID_ENV, terminate_self, watch_parent
+
+    if parent := os.environ.get(PARENT_PID_ENV):  # started by the platform: never outlive it
+        watch_parent(int(parent), terminate_self)
     main()

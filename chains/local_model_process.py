@@ -2,7 +2,14 @@
 
 ``LocalModelServer`` starts ``python -m chains.llama_server`` (the stock server
 with the ``genai-qa`` chat format) on a free loopback port, waits until it
-answers, and stops it with the platform.
+answers, and stops it with the platform, however the platform stops:
+
+* Ctrl-C, SIGINT or SIGTERM to ``genai serve``: its ``finally`` stops the child
+  (``genai serve`` turns SIGTERM into ``SystemExit`` so that ``finally`` runs);
+* SIGKILL of ``genai serve``, or any death that skips ``finally``: the child
+  watches its parent (``watch_parent``) and exits within a second of losing it.
+
+Worker processes of ``genai serve --workers N`` watch their parent the same way.
 """
 
 from __future__ import annotations
@@ -13,7 +20,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -21,6 +30,30 @@ import httpx
 from chains.local_model import CHAT_FORMAT, LOCAL_MODEL_NAME, ensure_local_model
 
 log = logging.getLogger(__name__)
+
+
+PARENT_PID_ENV = "GENAI_PARENT_PID"
+PARENT_POLL_SECONDS = 0.5
+
+
+def watch_parent(parent_pid: int, on_orphaned: Callable[[], None]) -> threading.Thread:
+    """Call ``on_orphaned`` once ``parent_pid`` is no longer this process's parent (it died, and the process was
+    reparented). A daemon thread polling ``os.getppid()``: portable, and unlike Linux's ``PR_SET_PDEATHSIG``
+    not tied to the lifetime of the parent's thread that started the child."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL_SECONDS)
+        on_orphaned()
+
+    thread = threading.Thread(target=watch, name="parent-watch", daemon=True)
+    thread.start()
+    return thread
+
+
+def terminate_self() -> None:
+    """SIGTERM to this process: servers shut down as they would when told to stop."""
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -79,7 +112,7 @@ class LocalModelServer:
             stdout=output,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", PARENT_PID_ENV: str(os.getpid())},
             start_new_session=True,  # Ctrl-C in a terminal reaches us, and we stop it in order
         )
         self.wait_ready()

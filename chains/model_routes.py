@@ -17,6 +17,8 @@ import openai
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from chains.tokens import ApproximateTokenCounter, GgufTokenCounter, TokenCounter
+from chains.transport import ChatCompletionsTransport
 from errors import (
     APIError,
     ContextLengthExceeded,
@@ -26,8 +28,6 @@ from errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from chains.transport import ChatCompletionsTransport
-from chains.tokens import ApproximateTokenCounter, GgufTokenCounter, TokenCounter
 
 
 class ModelRoute(BaseModel):

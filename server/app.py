@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from chains.local_model_process import terminate_self, watch_parent
 from server.error_handlers import install_error_handlers
 from server.gateway.body_limit import BodySizeLimit
+from server.gateway.rate_limits import RateLimitHeaders
 from server.gateway.request_context import install as install_request_context
 from server.openapi import document_api
-from server.gateway.rate_limits import RateLimitHeaders
 from server.routes import admin, chat_completions, conversations, health, langserve_chat, model_list, prometheus, usage
 from server.services import Services
 from server.settings import Settings
@@ -25,6 +27,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        if (parent := multiprocessing.parent_process()) is not None:  # a worker of `genai serve --workers N`
+            watch_parent(parent.pid, terminate_self)  # never outlive the supervisor, even a SIGKILLed one
         await services.open()
         yield
         await services.close()

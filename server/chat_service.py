@@ -120,7 +120,9 @@ class ChatService:
         try:
             self.context.models.get(call.model, allowed=call.caller.allowed_models)
             if call.conversation_id and call.conversation_id != "new":
-                await self.context.store.check_conversation(call.conversation_id, app_id=call.caller.app_id, user=call.user)
+                await self.context.store.check_conversation(
+                    call.conversation_id, app_id=call.caller.app_id, user=call.user
+                )
         except APIError as error:
             raise await _Run(self, call, None, stream=False).failed(error) from None
 
@@ -150,7 +152,9 @@ class _Run:
         self.stream = stream
         self.started_at = time.perf_counter()
         caller = call.caller
-        self.recorder: ChatRecorder = service.metrics.chat(call.model or service.context.models.default, self.started_at)
+        self.recorder: ChatRecorder = service.metrics.chat(
+            call.model or service.context.models.default, self.started_at
+        )
         trace = trace_config(caller)
         base = dict(config or {})
         run_config: dict[str, Any] = {
@@ -220,7 +224,10 @@ class _Run:
                     app_id=caller.app_id,
                     key_prefix=caller.key_prefix,
                     user=self.call.user,
-                    model=(info or {}).get("model_name") or self.call.model or self.service.context.models.default or "",
+                    model=(info or {}).get("model_name")
+                    or self.call.model
+                    or self.service.context.models.default
+                    or "",
                     latency_ms=(time.perf_counter() - self.started_at) * 1000,
                     stream=self.stream,
                     error=error,

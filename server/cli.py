@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import shutil
+import signal
 import sys
 
 import uvicorn
@@ -34,8 +35,7 @@ async def _bootstrap_admin_key(services) -> None:
     if services.settings.admin_key is None and await services.tenants.count_admin_keys() == 0:
         created = await services.tenants.create_key(None, is_admin=True, name="first-start")
         print(
-            "\n  Admin key (shown once; store it safely, it is kept only as a hash):\n"
-            f"    {created.key}\n",
+            f"\n  Admin key (shown once; store it safely, it is kept only as a hash):\n    {created.key}\n",
             file=sys.stderr,
         )
 
@@ -69,6 +69,9 @@ def serve(args: argparse.Namespace) -> int:
         shutil.rmtree(metrics_dir, ignore_errors=True)
         metrics_dir.mkdir(parents=True)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    # uvicorn re-raises a SIGTERM it caught once it has shut down; by default that ends the process before
+    # `finally` runs. This handler turns it into SystemExit, so the local model is stopped on every signal.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         uvicorn.run(
             "server.app:create_app",
@@ -85,6 +88,10 @@ def serve(args: argparse.Namespace) -> int:
         if local is not None:
             local.stop()
     return 0
+
+
+def _exit_on_sigterm(signum: int, _frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _table(rows: list[list[object]], header: list[str]) -> None:
@@ -130,7 +137,15 @@ def keys_list(args: argparse.Namespace) -> int:
     keys = asyncio.run(_with_services(Settings(), lambda services: services.tenants.list_keys(args.app)))
     _table(
         [
-            [k.prefix + "...", app or "(admin)", k.name, k.rpm, k.tpm, k.expires_at, "revoked" if k.revoked_at else "active"]
+            [
+                k.prefix + "...",
+                app or "(admin)",
+                k.name,
+                k.rpm,
+                k.tpm,
+                k.expires_at,
+                "revoked" if k.revoked_at else "active",
+            ]
             for k, app in keys
         ],
         ["PREFIX", "APP", "NAME", "RPM", "TPM", "EXPIRES_AT", "STATE"],
@@ -142,6 +157,36 @@ def keys_revoke(args: argparse.Namespace) -> int:
     key = asyncio.run(_with_services(Settings(), lambda services: services.tenants.revoke_key(args.prefix)))
     print(f"revoked {key.prefix}...")
     return 0
+
+
+def _with_database(action):
+    """Run ``action(db)`` on the configured database alone (no services: nothing is migrated on the way)."""
+    from storage import Database
+
+    async def run():
+        db = Database(Settings().resolved_database_url)
+        try:
+            return await action(db)
+        finally:
+            await db.close()
+
+    return asyncio.run(run())
+
+
+def db_upgrade(args: argparse.Namespace) -> int:
+    revision = _with_database(lambda db: db.upgrade_schema())
+    print(f"database at revision {revision} (head)")
+    return 0
+
+
+def db_current(args: argparse.Namespace) -> int:
+    from storage.migrations import head
+
+    revision = _with_database(lambda db: db.schema_revision())
+    latest = head()
+    state = "up to date" if revision == latest else f"behind: head is {latest}; run `genai db upgrade`"
+    print(f"database at revision {revision or 'none'} ({state})")
+    return 0 if revision == latest else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,6 +207,14 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--tpm", type=int, help="default tokens per minute of its keys")
     create.set_defaults(handler=apps_create)
     apps.add_parser("list", help="list apps").set_defaults(handler=apps_list)
+
+    database = commands.add_parser("db", help="the database schema").add_subparsers(dest="db_command", required=True)
+    database.add_parser("upgrade", help="migrate to the newest schema (genai serve does this at start)").set_defaults(
+        handler=db_upgrade
+    )
+    database.add_parser("current", help="print the schema revision; exit 1 when behind").set_defaults(
+        handler=db_current
+    )
 
     keys = commands.add_parser("keys", help="API keys").add_subparsers(dest="keys_command", required=True)
     create = keys.add_parser("create", help="create a key for an app and print it (once)")

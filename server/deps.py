@@ -6,9 +6,9 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from storage.tenants import Caller
 from server.gateway.auth import require_admin, require_app, require_key
 from server.services import Services
+from storage.tenants import Caller
 
 
 def get_services(request: Request) -> Services:

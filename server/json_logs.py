@@ -106,6 +106,8 @@ def logging_config(level: str = "info") -> dict[str, Any]:
             "uvicorn": {"handlers": [], "level": level, "propagate": True},
             "uvicorn.error": {"handlers": [], "level": level, "propagate": True},
             "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
+            # Alembic narrates every start; storage.migrations logs the upgrades that change something.
+            "alembic": {"handlers": [], "level": "WARNING", "propagate": True},
         },
     }
 

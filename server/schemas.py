@@ -1,11 +1,13 @@
-"""Request bodies of the OpenAI-compatible routes, validated as strictly as OpenAI does."""
+"""Request bodies of the OpenAI-compatible routes, validated as strictly as OpenAI does, and every JSON response."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Generic, Literal, Self, TypeVar
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
+
+from storage.usage_reports import GroupBy
 
 
 class TextPart(BaseModel):
@@ -121,3 +123,158 @@ class ChatCompletion(BaseModel):
     choices: list[Choice]
     usage: Usage
     conversation_id: str | None = Field(None, description="present when the request used server-side memory")
+
+
+class ResponseBody(BaseModel):
+    """A response that always sends every field, defaults included: the schema lists them all as required."""
+
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+
+    @classmethod
+    def of_row(cls, row: Any, **fields: Any) -> Self:
+        """The body of a database row: each required field not in ``fields`` is the row's attribute of that name."""
+        required = (name for name, info in cls.model_fields.items() if info.is_required() and name not in fields)
+        return cls(**{name: getattr(row, name) for name in required}, **fields)
+
+
+Item = TypeVar("Item", bound=BaseModel)
+
+
+class ObjectList(ResponseBody, Generic[Item]):
+    """OpenAI's list shape."""
+
+    object: Literal["list"] = "list"
+    data: list[Item]
+
+
+class Model(ResponseBody):
+    """A model route, in OpenAI's ``model`` shape."""
+
+    id: str = Field(description="the route name: what `model` names in a chat request")
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(ObjectList[Model]):
+    pass
+
+
+class Conversation(ResponseBody):
+    id: str
+    object: Literal["conversation"] = "conversation"
+    created_at: int
+    updated_at: int = Field(description="when the last turn was added")
+    title: str | None = Field(description="as created; a chat request's conversation takes its first user message")
+    user: str | None = Field(description="the end user the conversation belongs to, when it has one")
+    metadata: dict[str, str]
+
+
+class ConversationList(ObjectList[Conversation]):
+    data: list[Conversation] = Field(description="newest first")
+    first_id: str | None = Field(description="the first conversation's id; null when `data` is empty")
+    last_id: str | None = Field(description="the last conversation's id: pass it as `after` for the next page")
+    has_more: bool
+
+
+class ConversationMessage(ResponseBody):
+    """A message the client sent."""
+
+    id: str = Field(description='"msg_" and a number')
+    object: Literal["conversation.message"] = "conversation.message"
+    created_at: int
+    role: str
+    content: str
+
+
+class MessageUsage(ResponseBody):
+    prompt_tokens: int | None = Field(description="null for an assistant message the client sent")
+    completion_tokens: int | None = Field(description="null for an assistant message the client sent")
+    total_tokens: int
+
+
+class ConversationAssistantMessage(ConversationMessage):
+    """An assistant message, with the response it came from; its fields are null when the client sent it."""
+
+    role: Literal["assistant"] = "assistant"
+    response_id: str | None = Field(description="the chat completion's id")
+    model: str | None = Field(description="the model route that answered")
+    finish_reason: str | None
+    usage: MessageUsage
+    latency_ms: float | None
+
+
+class ConversationWithMessages(Conversation):
+    messages: list[ConversationAssistantMessage | ConversationMessage] = Field(description="oldest first")
+
+
+class ConversationDeleted(ResponseBody):
+    id: str
+    object: Literal["conversation.deleted"] = "conversation.deleted"
+    deleted: bool = True
+
+
+class UsageGroup(ResponseBody):
+    group: str | None = Field(description="the day (YYYY-MM-DD, UTC), model route, key prefix or app id")
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    cached_requests: int
+    failed_requests: int
+
+
+class UsageReport(ResponseBody):
+    object: Literal["list"] = "list"
+    group_by: GroupBy
+    start: int = Field(description="unix seconds, included")
+    end: int = Field(description="unix seconds, excluded")
+    data: list[UsageGroup]
+
+
+class App(ResponseBody):
+    """A client app: a tenant with its own keys, limits, defaults and data."""
+
+    id: str
+    object: Literal["app"] = "app"
+    name: str
+    system_prompt: str | None = Field(description="used when a request has no system message")
+    allowed_models: list[str] | None = Field(description="route names; null for every route")
+    rpm: int | None = Field(description="default requests per minute for the app's keys")
+    tpm: int | None = Field(description="default tokens per minute for the app's keys")
+    created_at: int
+
+
+class AppList(ObjectList[App]):
+    pass
+
+
+class ApiKey(ResponseBody):
+    id: str
+    object: Literal["api_key"] = "api_key"
+    prefix: str = Field(description="the secret's first characters: they identify the key in lists and logs")
+    name: str | None
+    app: str | None = Field(description="the app's name; null for admin keys")
+    admin: bool
+    rpm: int | None = Field(description="requests per minute; the app's default when null")
+    tpm: int | None = Field(description="tokens per minute; the app's default when null")
+    created_at: int
+    expires_at: int | None
+    revoked_at: int | None
+
+
+class ApiKeyCreated(ApiKey):
+    key: str = Field(description="the secret, returned this once: only its hash is stored")
+
+
+class ApiKeyList(ObjectList[ApiKey]):
+    pass
+
+
+class Health(ResponseBody):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(ResponseBody):
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, str] = Field(description='each dependency (database, redis, model:<route>): "ok" or why not')

@@ -77,7 +77,7 @@ class Services:
 
     async def open(self) -> None:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
-        await self.db.create_schema()
+        await self.db.upgrade_schema()
         if self.settings.admin_key is not None:
             await self.ensure_admin_key(self.settings.admin_key.get_secret_value())
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
-from storage.tables import Base
+from storage import migrations
 
 
 class Database:
@@ -15,25 +15,32 @@ class Database:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         if self.is_sqlite:
-            self._ensure_sqlite_dir(url)
+            self._ensure_sqlite_dir()
             self.engine: AsyncEngine = create_async_engine(url, connect_args={"timeout": 30})
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         else:
             self.engine = create_async_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
-    @staticmethod
-    def _ensure_sqlite_dir(url: str) -> None:
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+    def _ensure_sqlite_dir(self) -> None:
+        if self.sqlite_path is not None:
+            self.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
 
     def session(self) -> AsyncSession:
         return self.sessions()
 
-    async def create_schema(self) -> None:
-        async with self.engine.begin() as conn:
-            await conn.run_sync(Base.metadata.create_all)
+    @property
+    def sqlite_path(self) -> Path | None:
+        path = self.url.split("///", 1)[-1] if self.is_sqlite else ""
+        return Path(path) if path and path != ":memory:" else None
+
+    async def upgrade_schema(self) -> str:
+        """Migrate to the newest schema revision, under a lock that replicas starting at once share."""
+        path = self.sqlite_path
+        return await migrations.upgrade(self.engine, path.with_name(path.name + ".migrate.lock") if path else None)
+
+    async def schema_revision(self) -> str | None:
+        return await migrations.current(self.engine)
 
     async def ping(self) -> None:
         async with self.engine.connect() as conn:

@@ -9,7 +9,9 @@ logs. Admin keys belong to no app.
 from __future__ import annotations
 
 import hashlib
+import math
 import secrets
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -124,6 +126,7 @@ class TenantStore:
         if not is_admin and app_id is None:
             raise NotFound("A key needs an app.", param="app")
         secret = secret or generate_key()
+        moment = time.time()
         record = ApiKey(
             id=f"key_{uuid.uuid4().hex[:16]}",
             app_id=app_id,
@@ -133,8 +136,9 @@ class TenantStore:
             hash=hash_key(secret),
             rpm=rpm,
             tpm=tpm,
-            expires_at=now() + max(int(expires_in_days * 86400), 1) if expires_in_days else None,
-            created_at=now(),
+            # Rounded up to whole seconds: a key lives at least as long as asked.
+            expires_at=math.ceil(moment + expires_in_days * 86400) if expires_in_days else None,
+            created_at=int(moment),
         )
         try:
             async with self.db.session() as session, session.begin():

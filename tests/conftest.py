@@ -9,8 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,16 +17,20 @@ import httpx
 import openai
 import pytest
 import uvicorn
+from sqlalchemy import select, text
 
+from chains.local_model import local_route
 from chains.local_model_process import LocalModelServer, free_port
 from server.app import create_app
 from server.settings import Settings
+from storage import ConversationStore, Database
+from storage.tables import Base
+from tests.postgres import fresh_postgres_database
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_PATH = ROOT / ".cache" / "models" / "gemma-3-270m-q4_k_m.gguf"
 REDIS_URL = os.environ.get("GENAI_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 ADMIN_KEY = "sk-admin-0123456789abcdef0123456789abcdef"
-POSTGRES_ADMIN_URL = os.environ.get("GENAI_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 @pytest.fixture(scope="session")
@@ -61,35 +64,31 @@ def redis_url() -> str:
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A fresh PostgreSQL database for this session, dropped afterwards."""
-    import asyncpg
+    with fresh_postgres_database() as url:
+        yield url
 
-    name = f"genai_test_{uuid.uuid4().hex[:10]}"
 
-    async def admin(statement: str) -> None:
-        conn = await asyncpg.connect(POSTGRES_ADMIN_URL)
-        try:
-            await conn.execute(statement)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
-    yield f"{base}/{name}"
-    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that runs the real local model (its fixtures need ``llama``) is slow: `-m "not slow"` skips it."""
+    for item in items:
+        if "llama" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture
-def make_settings(tmp_path: Path, llama: LocalModelServer) -> Callable[..., Settings]:
-    """Settings on the embedded defaults, in a fresh data directory, against the session's model."""
+def make_settings(tmp_path: Path, request: pytest.FixtureRequest) -> Callable[..., Settings]:
+    """Settings in a fresh data directory; on the embedded defaults (the session's real model) unless the
+    overrides name model routes."""
 
     def make(**overrides) -> Settings:
-        values = {
-            "data_dir": tmp_path / "data",
-            "local_model_url": llama.base_url,
-            "local_model_path": MODEL_PATH,
-            "local_model_context": llama.context_window,
-            "admin_key": ADMIN_KEY,
-        }
+        values: dict = {"data_dir": tmp_path / "data", "admin_key": ADMIN_KEY}
+        if "model_routes" not in overrides:
+            if "llama" not in request.fixturenames:  # asked for at run time, after collection marked tests slow
+                pytest.fail("this test runs the real local model: let one of its fixtures take `llama`")
+            llama = request.getfixturevalue("llama")
+            values.update(
+                local_model_url=llama.base_url, local_model_path=MODEL_PATH, local_model_context=llama.context_window
+            )
         values.update(overrides)
         return Settings(_env_file=None, **values)
 
@@ -139,9 +138,6 @@ class LiveServer:
     def rows(self, table) -> list[dict]:
         """Every row of ``table`` (a SQLAlchemy table) in the server's database, read through an engine of this
         thread's own (the server's engine belongs to its loop)."""
-        from sqlalchemy import select
-
-        from storage import Database
 
         async def read() -> list[dict]:
             db = Database(self.services.db.url)
@@ -183,15 +179,35 @@ def live_server(make_settings) -> Iterator[Callable[..., LiveServer]]:
 
 
 @pytest.fixture
-def server(live_server) -> LiveServer:
+def server(live_server, llama) -> LiveServer:
     """A live server on the embedded defaults (SQL memory)."""
     return live_server()
 
 
 @pytest.fixture
-def redis_server(live_server, redis_url) -> LiveServer:
+def greedy_server(live_server, llama) -> LiveServer:
+    """A live server whose local route answers greedily (temperature 0, a fixed seed) by default: for tests that
+    assert an answer's text through entry points that send no generation parameters (LangServe's /chat)."""
+    route = local_route(llama.base_url, str(MODEL_PATH), llama.context_window)
+    deterministic = route.model_copy(update={"defaults": {**route.defaults, "temperature": 0.0, "seed": 1234}})
+    return live_server(model_routes=[deterministic])
+
+
+@pytest.fixture
+def redis_server(live_server, redis_url, llama) -> LiveServer:
     """A live server with Redis memory."""
     return live_server(redis_url=redis_url)
+
+
+def clear_of_window_edge(seconds: float = 5.0) -> None:
+    """Wait out the end of the current epoch minute when fewer than ``seconds`` are left.
+
+    In-process counters live in windows aligned to the minute; a sliding window that slides between two
+    requests of a test would (correctly) free part of the budget and make exact counts flaky.
+    """
+    left = 60 - time.time() % 60
+    if left < seconds:
+        time.sleep(left + 0.05)
 
 
 @contextmanager
@@ -233,9 +249,69 @@ def genai_serve(
             time.sleep(0.3)
         yield process, base
     finally:
-        os.killpg(process.pid, signal.SIGINT)
         try:
+            os.killpg(process.pid, signal.SIGINT)
             process.wait(timeout=30)
+        except ProcessLookupError:  # the test stopped it already
+            pass
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
+
+
+# ---------------------------------------------------------------- the store on both engines; two turns of a chat
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path: Path) -> str:
+    """The URL of a real database for one test: a SQLite file of its own, or the session's PostgreSQL database.
+
+    A test that only makes sense on one engine pins it: ``@pytest.mark.parametrize("db_url", ["postgresql"],
+    indirect=True)``.
+    """
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+async def db(db_url: str) -> AsyncIterator[Database]:
+    """The database at ``db_url`` at the newest schema revision and with no rows (on PostgreSQL every table is
+    emptied, as the session's tests share that database)."""
+    database = Database(db_url)
+    await database.upgrade_schema()
+    if not database.is_sqlite:
+        tables = ", ".join(f'"{table.name}"' for table in Base.metadata.sorted_tables)
+        async with database.engine.begin() as conn:
+            await conn.execute(text("SET LOCAL lock_timeout = '10s'"))  # fail, rather than hang, on a leftover lock
+            await conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    yield database
+    await database.close()
+
+
+@pytest.fixture
+def store(db: Database) -> ConversationStore:
+    return ConversationStore(db)
+
+
+def two_turns(client: openai.OpenAI, first: str, second: str, **kwargs):
+    """Two turns of one conversation through the openai SDK: ``first`` starts it (conversation_id "new"), ``second``
+    continues it; ``kwargs`` go to both requests.
+
+    Checks that the first answer names a new conversation and the second the same one; returns
+    (first completion, second completion, conversation id).
+    """
+
+    def turn(content: str, conversation_id: str):
+        return client.chat.completions.create(
+            model="gemma-3-270m",
+            messages=[{"role": "user", "content": content}],
+            extra_body={"conversation_id": conversation_id},
+            **kwargs,
+        )
+
+    opening = turn(first, "new")
+    conversation_id = opening.model_extra["conversation_id"]
+    assert conversation_id.startswith("conv_")
+    follow_up = turn(second, conversation_id)
+    assert follow_up.model_extra["conversation_id"] == conversation_id
+    return opening, follow_up, conversation_id

@@ -16,11 +16,11 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import update
 
+from server.gateway.auth import KEY_COOKIE, app_caller, require_admin, require_app, require_key
 from storage.engine import Database
 from storage.tables import ApiKey, Base
-from server.gateway.auth import KEY_COOKIE, app_caller, require_admin, require_app, require_key
 from tests.conftest import ADMIN_KEY
 from tests.test_errors import assert_error
 
@@ -69,25 +69,28 @@ def _auth_kind(dependant) -> str | None:
     return None
 
 
-def app_routes(app) -> dict[tuple[str, str], str | None]:
-    """(method, path template) -> its auth dependency kind, for every route that is not open on purpose."""
+def all_routes(app) -> dict[tuple[str, str], str | None]:
+    """(method, path template) -> its auth dependency kind ("open" for the paths open on purpose), for every route."""
     found: dict[tuple[str, str], str | None] = {}
     for route in _flatten(app.routes):
         path = getattr(route, "path", None)
-        if path is None or path in OPEN_PATHS:
+        if path is None:
             continue
         for method in sorted(getattr(route, "methods", None) or ()):
             if method in ("HEAD", "OPTIONS"):
                 continue
-            kind = _auth_kind(getattr(route, "dependant", None))
+            kind = "open" if path in OPEN_PATHS else _auth_kind(getattr(route, "dependant", None))
             found[(method, path)] = found.get((method, path)) or kind
     # Paths in the OpenAPI schema too, in case a route hides from app.routes.
     for path, operations in app.openapi()["paths"].items():
-        if path in OPEN_PATHS:
-            continue
         for method in operations:
-            found.setdefault((method.upper(), path), None)
+            found.setdefault((method.upper(), path), "open" if path in OPEN_PATHS else None)
     return found
+
+
+def app_routes(app) -> dict[tuple[str, str], str | None]:
+    """``all_routes`` without the ones open on purpose."""
+    return {route: kind for route, kind in all_routes(app).items() if kind != "open"}
 
 
 def concrete(path: str) -> str:
@@ -98,6 +101,20 @@ def call(client: httpx.Client, method: str, path: str, **kwargs) -> httpx.Respon
     if method in ("POST", "PUT", "PATCH") and "content" not in kwargs and "json" not in kwargs:
         kwargs["json"] = {}
     return client.request(method, concrete(path), **kwargs)
+
+
+def wrong_answers(client: httpx.Client, routes, status: int, code: str, **fields) -> list[str]:
+    """Call each of ``routes`` ((method, path template) pairs); every one that does not answer ``status`` with an
+    OpenAI-shaped error of ``code`` (and these other error ``fields``), with what it answered instead."""
+    failures = []
+    for method, path in sorted(routes):
+        response = call(client, method, path)
+        try:
+            error = assert_error(response, status, code=code)
+            assert {field: error[field] for field in fields} == fields
+        except (AssertionError, ValueError, KeyError):
+            failures.append(f"{method} {path}: {response.status_code} {response.text[:120]}")
+    return failures
 
 
 def test_route_enumeration_sees_every_kind_of_route(server):
@@ -120,7 +137,12 @@ def test_route_enumeration_sees_every_kind_of_route(server):
         ("POST", "/chat/c/{config_hash}/invoke"),
     ]:
         assert expected in routes, expected
-    assert not any(path in OPEN_PATHS for _, path in routes)
+    # Exactly these are open, and the enumeration that the 401/403 tests walk leaves out nothing else.
+    everything = all_routes(server.app)
+    assert sorted(route for route, kind in everything.items() if kind == "open") == sorted(
+        ("GET", path) for path in OPEN_PATHS
+    )
+    assert set(routes) == {route for route, kind in everything.items() if kind != "open"}
 
 
 def test_every_route_declares_an_authentication_dependency(server):
@@ -143,8 +165,8 @@ def _revoked_key(server) -> str:
 
 
 def _expired_key(server) -> str:
-    """A key that lived for about 3 seconds: accepted at first, refused once it has expired."""
-    key = server.create_key("tests", expires_in_days=0.00004)  # 3.5 s, stored as whole seconds
+    """A key that lived for about 4 seconds: accepted at first, refused once it has expired."""
+    key = server.create_key("tests", expires_in_days=0.00004)  # 3.456 s, rounded up to whole seconds
     with server.http(key=key) as client:
         assert client.get("/v1/models").status_code == 200
     expires_at = _key_row(server, key)["expires_at"]
@@ -167,15 +189,8 @@ CREDENTIALS = {
 @pytest.mark.parametrize("credential", list(CREDENTIALS))
 def test_every_route_is_401_without_a_valid_key(server, credential):
     headers = CREDENTIALS[credential](server)
-    failures = []
     with httpx.Client(base_url=server.url, timeout=30, headers=headers) as client:
-        for method, path in sorted(app_routes(server.app)):
-            response = call(client, method, path)
-            try:
-                error = assert_error(response, 401, code="invalid_api_key")
-                assert error["type"] == "invalid_request_error"
-            except (AssertionError, ValueError, KeyError):
-                failures.append(f"{method} {path}: {response.status_code} {response.text[:120]}")
+        failures = wrong_answers(client, app_routes(server.app), 401, "invalid_api_key", type="invalid_request_error")
     assert failures == []
 
 
@@ -257,33 +272,19 @@ def test_admin_key_is_403_on_every_app_route(server):
     routes = [route for route, kind in app_routes(server.app).items() if kind == "app"]
     assert ("POST", "/v1/chat/completions") in routes and ("POST", "/chat/invoke") in routes
     assert ("GET", "/v1/conversations/{conversation_id}") in routes
-    failures = []
     with server.http(key=ADMIN_KEY) as admin:
-        for method, path in sorted(routes):
-            response = call(admin, method, path)
-            try:
-                assert_error(response, 403, code="permission_denied")
-            except (AssertionError, ValueError, KeyError):
-                failures.append(f"{method} {path}: {response.status_code} {response.text[:120]}")
-    assert failures == []
+        assert wrong_answers(admin, routes, 403, "permission_denied") == []
 
 
 def test_app_key_is_403_on_every_admin_route(server):
     routes = [route for route, kind in app_routes(server.app).items() if kind == "admin"]
     assert {path for _, path in routes} >= {"/admin/apps", "/admin/apps/{app}", "/admin/keys", "/admin/keys/{key}"}
     assert all(path.startswith("/admin/") for _, path in routes)
-    failures = []
     with server.http() as app_client:
-        for method, path in sorted(routes):
-            response = call(app_client, method, path)
-            try:
-                assert_error(response, 403, code="permission_denied")
-            except (AssertionError, ValueError, KeyError):
-                failures.append(f"{method} {path}: {response.status_code} {response.text[:120]}")
+        assert wrong_answers(app_client, routes, 403, "permission_denied") == []
         # An app key cannot mint itself a new key or lift its limits.
         assert_error(app_client.post("/admin/keys", json={"app": "tests"}), 403)
         assert_error(app_client.patch(f"/admin/keys/{server.key[:12]}", json={"rpm": 10_000}), 403)
-    assert failures == []
     with server.http(key=ADMIN_KEY) as admin:
         assert len(admin.get("/admin/keys", params={"app": "tests"}).json()["data"]) == 1
 
@@ -343,11 +344,14 @@ def test_revocation_takes_effect_immediately(server):
 
 
 def test_key_expires_after_its_lifetime(server):
-    key = server.create_key("tests", expires_in_days=0.00004)
+    asked_at = time.time()
+    key = server.create_key("tests", expires_in_days=0.00004)  # 3.456 s
+    answered_at = time.time()
     with server.http(key=key) as client:
         assert client.get("/v1/models").status_code == 200
         expires_at = _key_row(server, key)["expires_at"]
-        assert expires_at - time.time() <= 4
+        # At least the lifetime asked for (rounded up to a whole second), counted from the creation.
+        assert asked_at + 3.456 <= expires_at <= answered_at + 3.456 + 1
         time.sleep(max(expires_at - time.time(), 0) + 1.1)
         assert_error(client.get("/v1/models"), 401, code="invalid_api_key")
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.conftest import two_turns
+
 pytestmark = pytest.mark.slow
 
 
@@ -79,24 +81,9 @@ def test_raw_sse_ends_with_done(server):
 def test_conversation_remembers_prior_turns(request, memory):
     server = request.getfixturevalue("server" if memory == "sql" else "redis_server")
     client = server.openai()
-    first = client.chat.completions.create(
-        model="gemma-3-270m",
-        messages=[{"role": "user", "content": "Who wrote Romeo and Juliet?"}],
-        extra_body={"conversation_id": "new"},
-        max_tokens=16,
-        temperature=0,
+    first, second, conversation_id = two_turns(
+        client, "Who wrote Romeo and Juliet?", "What else did he write?", max_tokens=16, temperature=0
     )
-    conversation_id = first.model_extra["conversation_id"]
-    assert conversation_id.startswith("conv_")
-
-    second = client.chat.completions.create(
-        model="gemma-3-270m",
-        messages=[{"role": "user", "content": "What else did he write?"}],
-        extra_body={"conversation_id": conversation_id},
-        max_tokens=16,
-        temperature=0,
-    )
-    assert second.model_extra["conversation_id"] == conversation_id
     # The prior turn was in the prompt: more prompt tokens than the new message alone.
     alone = ask(client, "What else did he write?", max_tokens=1)
     assert second.usage.prompt_tokens > alone.usage.prompt_tokens

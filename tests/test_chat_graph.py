@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langgraph.runtime import Runtime
+from sqlalchemy import select
 
 from chains.output_stage import OutputBlocked
 from errors import ContextLengthExceeded, InvalidRequest, ModelNotFound, NotFound
@@ -29,7 +29,7 @@ APP = "app_graph_tests"
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[ConversationStore]:
     db = Database(f"sqlite+aiosqlite:///{tmp_path / 'graph.db'}")
-    await db.create_schema()
+    await db.upgrade_schema()
     yield ConversationStore(db)
     await db.close()
 
@@ -82,14 +82,21 @@ async def test_preprocess_prefers_the_apps_system_prompt_to_the_deployments(stor
 
 
 async def test_preprocess_starts_a_conversation_on_new_and_checks_existing_ones(store):
-    update = await preprocess({"app_id": APP, "messages": [HumanMessage(content="hi")], "conversation_id": "new"}, runtime(store))
+    update = await preprocess(
+        {"app_id": APP, "messages": [HumanMessage(content="hi")], "conversation_id": "new"}, runtime(store)
+    )
     assert update["conversation_id"].startswith("conv_") and update["created_conversation"] is True
 
     mine = await store.create_conversation(app_id=APP)
-    update = await preprocess({"app_id": APP, "messages": [HumanMessage(content="hi")], "conversation_id": mine.id}, runtime(store))
+    update = await preprocess(
+        {"app_id": APP, "messages": [HumanMessage(content="hi")], "conversation_id": mine.id}, runtime(store)
+    )
     assert update["conversation_id"] == mine.id and update["created_conversation"] is False
     with pytest.raises(NotFound):
-        await preprocess({"app_id": "app_other", "messages": [HumanMessage(content="hi")], "conversation_id": mine.id}, runtime(store))
+        await preprocess(
+            {"app_id": "app_other", "messages": [HumanMessage(content="hi")], "conversation_id": mine.id},
+            runtime(store),
+        )
 
 
 @pytest.mark.parametrize(
@@ -99,7 +106,11 @@ async def test_preprocess_starts_a_conversation_on_new_and_checks_existing_ones(
         ({"app_id": APP, "messages": [SystemMessage(content="only rules")]}, InvalidRequest, "messages"),
         ({"messages": [HumanMessage(content="hi")]}, InvalidRequest, None),
         ({"app_id": APP, "messages": [HumanMessage(content="hi")], "model": "nope"}, ModelNotFound, "model"),
-        ({"app_id": APP, "messages": [HumanMessage(content="hi")], "allowed_models": ["other"]}, ModelNotFound, "model"),
+        (
+            {"app_id": APP, "messages": [HumanMessage(content="hi")], "allowed_models": ["other"]},
+            ModelNotFound,
+            "model",
+        ),
     ],
 )
 async def test_preprocess_refuses_what_it_cannot_answer(store, state, error, param):
@@ -130,7 +141,12 @@ async def test_load_memory_puts_the_prior_turns_between_system_and_the_new_messa
     system = [SystemMessage(content="S")]
     new = [HumanMessage(content="q2")]
     update = await load_memory(prepared(conversation_id="conv_1", system=system, messages=new), runtime(store, memory))
-    assert [(m.type, m.text) for m in update["prompt"]] == [("system", "S"), ("human", "q1"), ("ai", "a1"), ("human", "q2")]
+    assert [(m.type, m.text) for m in update["prompt"]] == [
+        ("system", "S"),
+        ("human", "q1"),
+        ("ai", "a1"),
+        ("human", "q2"),
+    ]
     assert update["prompt_tokens"] == 5 + 2 * (1 + 4)
 
 
@@ -143,10 +159,16 @@ async def test_load_memory_reads_nothing_for_stateless_or_new_conversations(stor
 
 
 async def test_load_memory_keeps_only_the_newest_turns_that_fit(store):
-    prior = [HumanMessage(content="q" * 30), AIMessage(content="a" * 30), HumanMessage(content="q2"), AIMessage(content="a2")]
+    prior = [
+        HumanMessage(content="q" * 30),
+        AIMessage(content="a" * 30),
+        HumanMessage(content="q2"),
+        AIMessage(content="a2"),
+    ]
     memory = ListMemory({"conv_1": prior})
     update = await load_memory(
-        prepared(conversation_id="conv_1", messages=[HumanMessage(content="q3")]), runtime(store, memory, memory_max_tokens=12)
+        prepared(conversation_id="conv_1", messages=[HumanMessage(content="q3")]),
+        runtime(store, memory, memory_max_tokens=12),
     )
     assert [m.text for m in update["history"]] == ["q2", "a2"]  # 2 * (1 + 4) = 10 tokens fit in 12; 14 more do not
 
@@ -216,7 +238,9 @@ async def test_call_model_ends_a_blocked_answer_with_content_filter(store, strea
 
 async def test_call_model_skips_filters_whose_factory_declines(store):
     registry, _ = fake_registry(answer="quiet")
-    context = runtime(store, models=registry, output_filters=[lambda state: None if state["app_id"] == APP else Shout()])
+    context = runtime(
+        store, models=registry, output_filters=[lambda state: None if state["app_id"] == APP else Upper()]
+    )
     assert (await call_model(ready(False), {}, context))["answer"].text == "quiet"
 
 
@@ -251,7 +275,11 @@ async def test_persist_of_a_stateless_turn_writes_usage_only(store):
     async with store.db.session() as session:
         [usage] = (await session.scalars(select(Usage))).all()
     assert (usage.response_id, usage.app_id, usage.prompt_tokens, usage.completion_tokens, usage.status) == (
-        "chatcmpl-test", APP, 5, 2, "ok"
+        "chatcmpl-test",
+        APP,
+        5,
+        2,
+        "ok",
     )
 
 

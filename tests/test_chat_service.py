@@ -17,6 +17,7 @@ from langchain_core.messages import HumanMessage
 from chains.model_routes import ModelRoute
 from server.chat_service import ChatCall
 from storage.tables import Usage
+from tests.conftest import clear_of_window_edge
 from tests.mock_upstream import REPLY
 from tests.test_observability import scrape, value
 
@@ -40,8 +41,16 @@ def ask(http, entry: str) -> tuple[int, str | None]:
             lines = list(response.iter_lines())
         if response.status_code != 200:
             return response.status_code, None
-        chunks = [json.loads(line[6:]) for line in lines if line.startswith("data: {")] if stream else [json.loads("".join(lines))]
-        text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]) if stream else chunks[0]["choices"][0]["message"]["content"]
+        chunks = (
+            [json.loads(line[6:]) for line in lines if line.startswith("data: {")]
+            if stream
+            else [json.loads("".join(lines))]
+        )
+        text = (
+            "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+            if stream
+            else chunks[0]["choices"][0]["message"]["content"]
+        )
         assert text == REPLY
         return 200, chunks[0]["id"]
     if entry == "chat-invoke":
@@ -70,6 +79,7 @@ def usage_rows(server) -> list[tuple]:
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
 def test_a_tpm_limited_key_is_limited_alike_and_leaves_the_same_records(mock_server, entry):
     key = mock_server.create_key("tests", tpm=20)
+    clear_of_window_edge(10)
     before = scrape(mock_server)
     ids = []
     with mock_server.http(key=key) as http:
@@ -94,21 +104,29 @@ def test_a_tpm_limited_key_is_limited_alike_and_leaves_the_same_records(mock_ser
         before, "genai_time_to_first_token_seconds_count", model="mock"
     )
     assert ttft == (3 if stream else 0)
-    assert value(after, "genai_rate_limited_total", limit="tokens") - value(before, "genai_rate_limited_total", limit="tokens") == 1
+    assert (
+        value(after, "genai_rate_limited_total", limit="tokens")
+        - value(before, "genai_rate_limited_total", limit="tokens")
+        == 1
+    )
 
 
 def test_each_input_of_a_batch_counts_as_a_request(mock_server):
     batch = {"inputs": [LANGSERVE_INPUT] * 3}
     key = mock_server.create_key("tests", rpm=3)
+    clear_of_window_edge(10)
     with mock_server.http(key=key) as http:
         response = http.post("/chat/batch", json=batch, headers={"X-Model": "mock"})
         assert response.status_code == 200, response.text
         assert [o["content"] for o in response.json()["output"]] == [REPLY] * 3
         assert response.headers["x-ratelimit-remaining-requests"] == "0"
-        assert http.post("/chat/invoke", json={"input": LANGSERVE_INPUT}, headers={"X-Model": "mock"}).status_code == 429
+        assert (
+            http.post("/chat/invoke", json={"input": LANGSERVE_INPUT}, headers={"X-Model": "mock"}).status_code == 429
+        )
 
     # A batch larger than what is left is refused whole, before any input runs.
     key = mock_server.create_key("tests", rpm=3)
+    clear_of_window_edge(10)
     before = len(usage_rows(mock_server))
     with mock_server.http(key=key) as http:
         response = http.post("/chat/batch", json={"inputs": [LANGSERVE_INPUT] * 4}, headers={"X-Model": "mock"})
@@ -124,7 +142,9 @@ def test_langserve_response_ids_are_its_run_ids(mock_server):
         body = response.json()
         assert body["output"]["id"] == f"chatcmpl-{uuid.UUID(body['metadata']['run_id']).hex}"
         batch = http.post("/chat/batch", json={"inputs": [LANGSERVE_INPUT] * 2}, headers={"X-Model": "mock"}).json()
-        assert [o["id"] for o in batch["output"]] == [f"chatcmpl-{uuid.UUID(r).hex}" for r in batch["metadata"]["run_ids"]]
+        assert [o["id"] for o in batch["output"]] == [
+            f"chatcmpl-{uuid.UUID(r).hex}" for r in batch["metadata"]["run_ids"]
+        ]
 
 
 class RootRuns(AsyncCallbackHandler):
@@ -140,13 +160,19 @@ async def test_the_services_response_id_is_the_root_runs_id(make_settings, mock_
     from server.services import Services
     from storage.tenants import Caller
 
-    services = Services.build(make_settings(model_routes=[ModelRoute(name="mock", base_url=mock_upstream, max_retries=0)]))
+    services = Services.build(
+        make_settings(model_routes=[ModelRoute(name="mock", base_url=mock_upstream, max_retries=0)])
+    )
     await services.open()
     try:
         caller = Caller(key_id="key_x", key_prefix="sk-x", is_admin=False, app_id="app_x", app_name="x")
         roots = RootRuns()
-        result = await services.chat.complete(ChatCall(caller=caller, messages=[HumanMessage(content="hi")]), {"callbacks": [roots]})
-        stream = await services.chat.stream(ChatCall(caller=caller, messages=[HumanMessage(content="hi")]), {"callbacks": [roots]})
+        result = await services.chat.complete(
+            ChatCall(caller=caller, messages=[HumanMessage(content="hi")]), {"callbacks": [roots]}
+        )
+        stream = await services.chat.stream(
+            ChatCall(caller=caller, messages=[HumanMessage(content="hi")]), {"callbacks": [roots]}
+        )
         assert "".join([text async for text in stream]) == REPLY
         assert [result.response_id, stream.result.response_id] == [f"chatcmpl-{run_id.hex}" for run_id in roots.ids]
     finally:

@@ -60,7 +60,7 @@ def usage(client: httpx.Client, **params) -> list[dict]:
 
 
 @pytest.fixture(params=["sql", "redis"])
-def any_server(request, live_server):
+def any_server(request, live_server, llama):
     """The same checks with conversation memory in SQL and in Redis."""
     if request.param == "redis":
         return live_server(redis_url=request.getfixturevalue("redis_url"))

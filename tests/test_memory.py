@@ -1,4 +1,8 @@
-"""Conversation memory against real Redis and a real SQLite database, and the chat graph's memory window.
+"""The transcript store and conversation memory against real Redis and real databases, and the chat graph's
+memory window.
+
+Every test on the ``db`` or ``store`` fixture (tests/conftest.py) runs twice: on a SQLite file and on PostgreSQL
+(asyncpg). PostgreSQL's own checks, and a live server on it, are in tests/test_store_postgres.py.
 
 The graph tests swap the route's ChatOpenAI for langchain-core's fake chat model
 (recording what it receives); everything else is real.
@@ -7,39 +11,30 @@ The graph tests swap the route's ChatOpenAI for langchain-core's fake chat model
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import orjson
 import pytest
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from redis.asyncio import Redis
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 
 from errors import ContextLengthExceeded, InvalidRequest, NotFound
-from tests.fakes import chat_graph, fake_registry
 from memory import RedisMemory, SqlMemory
-from storage import ConversationStore, Database, TurnRecord
-from storage.tables import Message, Usage
 from server.services import Services
 from server.settings import Settings
+from storage import ConversationStore, Database, TurnRecord
+from storage.message_records import from_record
+from storage.tables import Conversation, Message, Usage
+from tests.fakes import chat_graph, fake_registry
 
 APP = "app_memory_tests"  # the app every stored conversation here belongs to
+OTHER_APP = "app_memory_other"
+USER = "user-1"
 
-# ---------------------------------------------------------------- fixtures
-
-
-@pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = Database(f"sqlite+aiosqlite:///{tmp_path / 'memory.db'}")
-    await database.create_schema()
-    yield database
-    await database.close()
-
-
-@pytest.fixture
-def store(db: Database) -> ConversationStore:
-    return ConversationStore(db)
+# ---------------------------------------------------------------- fixtures and helpers (``db`` and ``store``: conftest)
 
 
 @pytest.fixture
@@ -63,21 +58,24 @@ def pairs(messages: list[BaseMessage]) -> list[tuple[str, str]]:
     return [(m.type, m.text) for m in messages]
 
 
-async def record(store: ConversationStore, conversation_id: str, question: str, answer: str, **kwargs) -> int:
-    return await store.record_turn(
-        TurnRecord(
-            response_id=f"chatcmpl-{question}",
-            app_id=APP,
-            model="fake",
-            prompt_tokens=1,
-            completion_tokens=1,
-            latency_ms=1.0,
-            conversation_id=conversation_id,
-            new_messages=[HumanMessage(content=question)],
-            answer=answer,
-            **kwargs,
-        )
+def turn(conversation_id: str | None, question: str, answer: str, **kwargs) -> TurnRecord:
+    kwargs.setdefault("app_id", APP)
+    return TurnRecord(
+        response_id=f"chatcmpl-{uuid.uuid4().hex}",
+        model="gemma-3-270m",
+        prompt_tokens=11,
+        completion_tokens=5,
+        latency_ms=12.5,
+        conversation_id=conversation_id,
+        new_messages=[HumanMessage(content=question)],
+        answer=answer,
+        finish_reason="stop",
+        **kwargs,
     )
+
+
+async def record(store: ConversationStore, conversation_id: str, question: str, answer: str, **kwargs) -> int:
+    return await store.record_turn(turn(conversation_id, question, answer, **kwargs))
 
 
 async def conversation_with_turns(store: ConversationStore, turns: int) -> str:
@@ -89,6 +87,182 @@ async def conversation_with_turns(store: ConversationStore, turns: int) -> str:
 
 def expected(turns: range) -> list[tuple[str, str]]:
     return [pair for n in turns for pair in (("human", f"q{n}"), ("ai", f"a{n}"))]
+
+
+async def scalar(db: Database, query):
+    async with db.session() as session:
+        return await session.scalar(query)
+
+
+async def count(db: Database, table, *where) -> int:
+    """Rows of ``table`` (a mapped class) matching ``where``."""
+    return await scalar(db, select(func.count()).select_from(table).where(*where))
+
+
+# ---------------------------------------------------------------- the transcript store
+
+
+async def test_create_get_and_delete_a_conversation(store):
+    created = await store.create_conversation(app_id=APP, title="Stored", user=USER, metadata={"k": "v", "ü": "ß"})
+    assert created.id.startswith("conv_")
+
+    fetched = await store.get_conversation(created.id, app_id=APP)
+    assert (fetched.id, fetched.title, fetched.user, fetched.meta) == (created.id, "Stored", USER, {"k": "v", "ü": "ß"})
+    assert fetched.created_at == created.created_at and fetched.updated_at == created.updated_at
+    assert await store.messages(created.id) == []
+
+    await store.delete_conversation(created.id, app_id=APP)
+    with pytest.raises(NotFound) as info:
+        await store.get_conversation(created.id, app_id=APP)
+    assert info.value.param == "conversation_id"
+    with pytest.raises(NotFound):
+        await store.delete_conversation(created.id, app_id=APP)
+
+
+async def test_list_newest_first_with_pagination(store):
+    ids = [(await store.create_conversation(app_id=APP, title=f"c{n}", user=USER)).id for n in range(5)]
+    newest_first = list(reversed(ids))
+
+    page = await store.list_conversations(app_id=APP, user=USER)
+    assert [c.id for c in page.items] == newest_first and page.has_more is False
+
+    first = await store.list_conversations(app_id=APP, user=USER, limit=2)
+    assert [c.id for c in first.items] == newest_first[:2] and first.has_more is True
+    second = await store.list_conversations(app_id=APP, user=USER, limit=2, after=first.items[-1].id)
+    assert [c.id for c in second.items] == newest_first[2:4] and second.has_more is True
+    third = await store.list_conversations(app_id=APP, user=USER, limit=2, after=second.items[-1].id)
+    assert [c.id for c in third.items] == newest_first[4:] and third.has_more is False
+
+    exact = await store.list_conversations(app_id=APP, user=USER, limit=3, after=newest_first[1])
+    assert [c.id for c in exact.items] == newest_first[2:] and exact.has_more is False
+
+    with pytest.raises(NotFound) as info:
+        await store.list_conversations(app_id=APP, after="conv_missing")
+    assert info.value.param == "after"
+
+    # Without a user filter the others' conversations are listed too, still newest first.
+    others = [(await store.create_conversation(app_id=APP, user=user)).id for user in ("user-2", None)]
+    everything = await store.list_conversations(app_id=APP, limit=100)
+    assert [c.id for c in everything.items] == list(reversed(others)) + newest_first
+    keys = [(c.created_at, c.id) for c in everything.items]
+    assert keys == sorted(keys, reverse=True)
+
+
+async def test_record_turn_creates_the_conversation(store, db):
+    conversation_id = f"conv_{uuid.uuid4().hex}"
+    record = turn(conversation_id, "  What is\nthe capital   of France?  ", "Paris.", create_conversation=True, user=USER)
+    assert await store.record_turn(record) == 2
+
+    conversation = await store.get_conversation(conversation_id, app_id=APP)
+    assert conversation.title == "What is the capital of France?"  # the first user message, whitespace folded
+    assert conversation.user == USER and conversation.meta == {}
+
+    question, answer = await store.messages(conversation_id)
+    assert (question.role, question.content) == ("user", "  What is\nthe capital   of France?  ")
+    assert question.response_id is None and question.model is None
+    assert (answer.role, answer.content) == ("assistant", "Paris.")
+    assert answer.response_id == record.response_id and answer.model == "gemma-3-270m"
+    assert (answer.prompt_tokens, answer.completion_tokens, answer.latency_ms) == (11, 5, 12.5)
+    assert answer.finish_reason == "stop"
+    assert question.id < answer.id
+
+    usage = await scalar(db, select(Usage).where(Usage.response_id == record.response_id))
+    assert usage.conversation_id == conversation_id
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.status, usage.stream) == (11, 5, "ok", False)
+
+
+async def test_record_turn_title_is_capped(store):
+    conversation_id = f"conv_{uuid.uuid4().hex}"
+    assert await store.record_turn(turn(conversation_id, "word " * 40, "ok", create_conversation=True))
+    assert (await store.get_conversation(conversation_id, app_id=APP)).title == ("word " * 40)[:80]
+
+
+async def test_record_turn_appends_to_an_existing_conversation_in_order(store):
+    conversation = await store.create_conversation(app_id=APP, title="ordered")
+    for n in range(1, 4):
+        record = turn(conversation.id, f"q{n}", f"a{n}")
+        record.new_messages = [SystemMessage(content=f"s{n}"), HumanMessage(content=f"q{n}")] if n == 2 else [
+            HumanMessage(content=f"q{n}")
+        ]
+        assert await store.record_turn(record) == (2 * n + (1 if n >= 2 else 0))
+
+    rows = await store.messages(conversation.id)
+    assert [(r.role, r.content) for r in rows] == [
+        ("user", "q1"), ("assistant", "a1"),
+        ("system", "s2"), ("user", "q2"), ("assistant", "a2"),
+        ("user", "q3"), ("assistant", "a3"),
+    ]
+    assert [r.id for r in rows] == sorted(r.id for r in rows)
+    assert [(r.role, r.content) for r in await store.messages(conversation.id, limit=3)] == [
+        ("assistant", "a2"), ("user", "q3"), ("assistant", "a3"),
+    ]
+    # The title given at creation is kept; updated_at follows the turns.
+    fetched = await store.get_conversation(conversation.id, app_id=APP)
+    assert fetched.title == "ordered" and fetched.updated_at >= conversation.updated_at
+
+    # SQL memory reads the same history, oldest first, capped to the newest messages.
+    history = await SqlMemory(store).load(conversation.id)
+    assert pairs(history) == [
+        ("human", "q1"), ("ai", "a1"), ("system", "s2"), ("human", "q2"), ("ai", "a2"), ("human", "q3"), ("ai", "a3"),
+    ]
+    capped = await SqlMemory(store, max_messages=2).load(conversation.id)
+    assert pairs(capped) == [("human", "q3"), ("ai", "a3")]
+    await SqlMemory(store).ping()
+
+
+async def test_record_turn_on_a_deleted_conversation_writes_no_messages(store, db):
+    conversation = await store.create_conversation(app_id=APP)
+    assert await record(store, conversation.id, "q1", "a1")
+    await store.delete_conversation(conversation.id, app_id=APP)
+    assert await count(db, Message, Message.conversation_id == conversation.id) == 0  # the delete took them along
+
+    late = turn(conversation.id, "q2", "a2")
+    assert await store.record_turn(late) == 0
+    assert await count(db, Message, Message.conversation_id == conversation.id) == 0
+    assert await count(db, Conversation, Conversation.id == conversation.id) == 0
+    # The request itself still counts as usage.
+    assert await count(db, Usage, Usage.response_id == late.response_id) == 1
+
+
+async def test_record_turn_without_a_conversation_only_records_usage(store, db):
+    record = turn(None, "stateless", "answer", stream=True, status="ok")
+    assert await store.record_turn(record) == 0  # no conversation: no messages
+    usage = await scalar(db, select(Usage).where(Usage.response_id == record.response_id))
+    assert usage.conversation_id is None and usage.stream is True
+    assert await count(db, Message, Message.content == "stateless") == 0
+
+
+async def test_record_turn_is_atomic_when_the_conversation_already_exists(store, db):
+    conversation = await store.create_conversation(app_id=APP)
+    clash = turn(conversation.id, "q", "a", create_conversation=True)
+    with pytest.raises(IntegrityError):  # the primary key is taken: nothing of the turn is written
+        await store.record_turn(clash)
+    assert await count(db, Message, Message.conversation_id == conversation.id) == 0
+    assert await count(db, Usage, Usage.response_id == clash.response_id) == 0
+
+
+async def test_conversations_are_scoped_to_their_app(store):
+    mine = await store.create_conversation(app_id=APP, user=USER)
+    assert await record(store, mine.id, "q1", "a1")
+    theirs = await store.create_conversation(app_id=OTHER_APP, user=USER)
+
+    # Another app can neither see, list, page from, delete nor write into it.
+    with pytest.raises(NotFound):
+        await store.get_conversation(mine.id, app_id=OTHER_APP)
+    assert [c.id for c in (await store.list_conversations(app_id=OTHER_APP, user=USER)).items] == [theirs.id]
+    with pytest.raises(NotFound):
+        await store.list_conversations(app_id=OTHER_APP, after=mine.id)
+    with pytest.raises(NotFound):
+        await store.delete_conversation(mine.id, app_id=OTHER_APP)
+    assert await record(store, mine.id, "intruder", "no", app_id=OTHER_APP) == 0
+    assert [(r.role, r.content) for r in await store.messages(mine.id)] == [("user", "q1"), ("assistant", "a1")]
+
+    # Within the app, ``user`` narrows further: a conversation of another user is not found.
+    assert (await store.get_conversation(mine.id, app_id=APP, user=USER)).id == mine.id
+    with pytest.raises(NotFound):
+        await store.get_conversation(mine.id, app_id=APP, user="someone-else")
+    await store.delete_conversation(mine.id, app_id=APP, user=USER)
+    await store.delete_conversation(theirs.id, app_id=OTHER_APP)
 
 
 # ---------------------------------------------------------------- RedisMemory
@@ -140,15 +314,16 @@ async def test_redis_append_extends_a_live_list(store, redis, prefix):
 
 
 async def test_redis_list_expires_and_is_rebuilt_from_the_database(store, redis, prefix):
-    memory = RedisMemory(redis, store, ttl_seconds=1, prefix=prefix)
+    memory = RedisMemory(redis, store, ttl_seconds=600, prefix=prefix)
     conversation_id = await conversation_with_turns(store, 3)
     key = memory.key(conversation_id)
 
     first = await memory.load(conversation_id)
     assert pairs(first) == expected(range(1, 4))
-    assert await redis.exists(key) == 1
+    assert 590 <= await redis.ttl(key) <= 600  # the rebuild set the idle TTL
 
-    await asyncio.sleep(1.6)
+    await redis.pexpire(key, 1)  # the idle time runs out (rather than waiting 600 s, or racing a short TTL)
+    await asyncio.sleep(0.05)
     assert await redis.exists(key) == 0  # Redis expired it
 
     rebuilt = await memory.load(conversation_id)
@@ -381,11 +556,6 @@ async def test_graph_on_unknown_conversation_is_not_found_before_the_model(store
 # ---------------------------------------------------------------- the context-length check
 
 
-async def count(db: Database, model) -> int:
-    async with db.session() as session:
-        return await session.scalar(select(func.count()).select_from(model))
-
-
 async def test_context_length_exceeded_when_messages_and_max_tokens_overflow_the_window(db, store):
     # 100 tokens of context minus 40 for the answer leaves 60 for the messages.
     registry, fake = fake_registry(context_window=100, max_output_tokens=40)
@@ -415,43 +585,29 @@ async def test_context_length_exceeded_when_messages_and_max_tokens_overflow_the
         await graph({"app_id": APP, "messages": too_long, "params": {"max_tokens": 1000}})
 
 
-async def test_redis_rebuild_racing_a_turn_or_a_delete_does_not_cache_a_stale_copy(redis_url, tmp_path):
+async def test_redis_rebuild_racing_a_turn_or_a_delete_does_not_cache_a_stale_copy(store, redis, prefix):
     """A rebuild reads the database, then writes Redis; a turn or a delete in between must win."""
-    from redis.asyncio import Redis
-
-    from memory import RedisMemory
-    from storage import ConversationStore, Database
-    from storage.message_records import from_record
-
-    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'race.db'}")
-    await db.create_schema()
-    store = ConversationStore(db)
-    redis = Redis.from_url(redis_url)
-    memory = RedisMemory(redis, store, prefix=f"race-{tmp_path.name}:")
-    conversation = await store.create_conversation(app_id="app_race")
-    key = memory.key(conversation.id)
+    memory = RedisMemory(redis, store, prefix=prefix)
+    conversation = await store.create_conversation(app_id=APP)
+    key, stale = memory.key(conversation.id), memory.stale_key(conversation.id)
     try:
-        old_rows = [("user", "q1"), ("assistant", "a1")]
+        # The rows a rebuild read before the turns below.
+        old_rows = [orjson.dumps({"role": r, "content": c}) for r, c in [("user", "q1"), ("assistant", "a1")]]
         # Another turn commits and appends while the list is missing: it marks the conversation stale...
         await memory.append(conversation.id, [from_record("user", "q2"), from_record("assistant", "a2")], 4)
         # ...so the racing rebuild, holding the rows it read before that turn, writes nothing.
-        import orjson
-
-        records = [orjson.dumps({"role": r, "content": c}) for r, c in old_rows]
-        assert await memory._rebuild(keys=[key, memory.stale_key(conversation.id)], args=[60, *records]) == 0
+        assert await memory._rebuild(keys=[key, stale], args=[60, *old_rows]) == 0
         assert await redis.exists(key) == 0
 
-        await redis.delete(memory.stale_key(conversation.id))
+        await redis.delete(stale)
         await memory.forget(conversation.id)  # a delete marks it stale too
-        assert await memory._rebuild(keys=[key, memory.stale_key(conversation.id)], args=[60, *records]) == 0
+        assert await memory._rebuild(keys=[key, stale], args=[60, *old_rows]) == 0
         assert await redis.exists(key) == 0
 
         # A list that holds other than the messages before a turn (an old copy) is dropped, not extended.
-        await redis.delete(memory.stale_key(conversation.id))
-        assert await memory._rebuild(keys=[key, memory.stale_key(conversation.id)], args=[60, *records]) == 1
+        await redis.delete(stale)
+        assert await memory._rebuild(keys=[key, stale], args=[60, *old_rows]) == 1
         await memory.append(conversation.id, [from_record("user", "q3"), from_record("assistant", "a3")], 6)
         assert await redis.exists(key) == 0
     finally:
-        await redis.delete(key, memory.stale_key(conversation.id))
-        await redis.aclose()
-        await db.close()
+        await redis.delete(key, stale)

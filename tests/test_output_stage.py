@@ -190,7 +190,11 @@ def test_a_blocked_answer_ends_with_content_filter_on_every_entry_point(live_ser
         body = {"model": "mock", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
         with http.stream("POST", "/v1/chat/completions", json=body) as response:
             assert sse_contents(list(response.iter_lines())) == ("Mock [withheld]", "content_filter")
-        answer = http.post("/chat/invoke", json={"input": {"messages": [{"type": "human", "content": "hi"}]}}, headers={"X-Model": "mock"})
+        answer = http.post(
+            "/chat/invoke",
+            json={"input": {"messages": [{"type": "human", "content": "hi"}]}},
+            headers={"X-Model": "mock"},
+        )
     assert answer.status_code == 200, answer.text
     output = answer.json()["output"]
     assert output["content"] == "[withheld]" and output["response_metadata"]["finish_reason"] == "content_filter"

@@ -13,14 +13,13 @@ import re
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
-from tests.conftest import ADMIN_KEY, MODEL_PATH, ROOT, genai_serve
+from tests.conftest import ADMIN_KEY, MODEL_PATH, ROOT, clear_of_window_edge, genai_serve
 
 USER = {"role": "user", "content": "What is the capital of France?"}
 RESET = re.compile(r"^(?:(\d+)ms|(\d+)s|(\d+)m(\d+)s)$")
@@ -41,17 +40,6 @@ def reset_seconds(value: str) -> float:
     return int(m) * 60 + int(ms_s)
 
 
-def clear_of_window_edge(seconds: float = 5.0) -> None:
-    """Wait out the end of the current epoch minute when fewer than ``seconds`` are left.
-
-    In-process counters live in windows aligned to the minute; a sliding window that slides between two
-    requests of a test would (correctly) free part of the budget and make exact counts flaky.
-    """
-    left = 60 - time.time() % 60
-    if left < seconds:
-        time.sleep(left + 0.05)
-
-
 def assert_rate_limit_error(response: httpx.Response, kind: str) -> dict:
     assert response.status_code == 429, response.text
     error = response.json()["error"]
@@ -65,7 +53,7 @@ def assert_rate_limit_error(response: httpx.Response, kind: str) -> dict:
 
 
 @pytest.fixture(params=["memory", "redis"])
-def limited(request, live_server):
+def limited(request, live_server, llama):
     """A live server whose limiter counts in process ("memory") or in Redis ("redis")."""
     if request.param == "redis":
         return live_server(redis_url=request.getfixturevalue("redis_url"))
@@ -161,6 +149,7 @@ def test_requests_per_minute(limited):
 
 
 def test_tokens_per_minute(limited):
+    clear_of_window_edge()
     tpm = 20
     key = limited.create_key("tests", tpm=tpm)
     other = limited.create_key("tests", tpm=tpm)
@@ -197,7 +186,7 @@ def test_tokens_per_minute(limited):
     assert fresh.headers["x-ratelimit-remaining-tokens"] == str(tpm)
 
 
-def test_limits_in_redis_are_shared_by_servers(live_server, redis_url, tmp_path):
+def test_limits_in_redis_are_shared_by_servers(live_server, redis_url, tmp_path, llama):
     """Two app instances on one database and one Redis (as replicas): one budget per key."""
     database_url = f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"
     first = live_server(redis_url=redis_url, database_url=database_url)
@@ -211,7 +200,7 @@ def test_limits_in_redis_are_shared_by_servers(live_server, redis_url, tmp_path)
     assert statuses == [200, 200, 200, 200, 429, 429]
 
 
-def test_limits_in_process_are_per_server(live_server, tmp_path):
+def test_limits_in_process_are_per_server(live_server, tmp_path, llama):
     """Without Redis each process counts on its own (documented behaviour, not a shared budget)."""
     database_url = f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"
     first = live_server(database_url=database_url)

@@ -116,7 +116,9 @@ async def call_model(state: ChatState, config: RunnableConfig, runtime: Runtime[
     }
 
 
-async def _stream_answer(chat: ChatModel, state: ChatState, config: RunnableConfig, stage: OutputStage, write) -> AIMessageChunk:
+async def _stream_answer(
+    chat: ChatModel, state: ChatState, config: RunnableConfig, stage: OutputStage, write
+) -> AIMessageChunk:
     answer: AIMessageChunk | None = None
     started = False
     async for chunk in chat.client.astream(state["prompt"], config, **chat.call_kwargs(state.get("params") or {})):

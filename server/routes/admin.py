@@ -8,8 +8,9 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
 from errors import InvalidRequest
-from storage.tables import ApiKey, App
 from server.deps import AdminCaller, ServicesDep
+from server.schemas import ApiKey, ApiKeyCreated, ApiKeyList, App, AppList
+from storage import tables
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
@@ -60,33 +61,12 @@ class KeyUpdate(BaseModel):
     tpm: Limit | None = None
 
 
-def app_object(app: App) -> dict:
-    return {
-        "id": app.id,
-        "object": "app",
-        "name": app.name,
-        "system_prompt": app.system_prompt,
-        "allowed_models": app.allowed_models,
-        "rpm": app.rpm,
-        "tpm": app.tpm,
-        "created_at": app.created_at,
-    }
+def app_object(app: tables.App) -> App:
+    return App.of_row(app)
 
 
-def key_object(key: ApiKey, app_name: str | None) -> dict:
-    return {
-        "id": key.id,
-        "object": "api_key",
-        "prefix": key.prefix,
-        "name": key.name,
-        "app": app_name,
-        "admin": key.is_admin,
-        "rpm": key.rpm,
-        "tpm": key.tpm,
-        "created_at": key.created_at,
-        "expires_at": key.expires_at,
-        "revoked_at": key.revoked_at,
-    }
+def key_object(key: tables.ApiKey, app_name: str | None) -> ApiKey:
+    return ApiKey.of_row(key, app=app_name, admin=key.is_admin)
 
 
 async def _app_name(services, app_id: str | None) -> str | None:
@@ -101,23 +81,23 @@ def _check_models(services, models: list[str] | None) -> None:
 
 
 @router.post("/apps")
-async def create_app(body: AppCreate, _: AdminCaller, services: ServicesDep) -> dict:
+async def create_app(body: AppCreate, _: AdminCaller, services: ServicesDep) -> App:
     _check_models(services, body.allowed_models)
     return app_object(await services.tenants.create_app(**body.model_dump()))
 
 
 @router.get("/apps")
-async def list_apps(_: AdminCaller, services: ServicesDep) -> dict:
-    return {"object": "list", "data": [app_object(app) for app in await services.tenants.list_apps()]}
+async def list_apps(_: AdminCaller, services: ServicesDep) -> AppList:
+    return AppList(data=[app_object(app) for app in await services.tenants.list_apps()])
 
 
 @router.get("/apps/{app}")
-async def retrieve_app(app: str, _: AdminCaller, services: ServicesDep) -> dict:
+async def retrieve_app(app: str, _: AdminCaller, services: ServicesDep) -> App:
     return app_object(await services.tenants.get_app(app))
 
 
 @router.patch("/apps/{app}")
-async def update_app(app: str, body: AppUpdate, _: AdminCaller, services: ServicesDep) -> dict:
+async def update_app(app: str, body: AppUpdate, _: AdminCaller, services: ServicesDep) -> App:
     _check_models(services, body.allowed_models)
     updated = await services.tenants.update_app(app, **body.model_dump(exclude_unset=True))
     services.auth.forget()
@@ -125,30 +105,31 @@ async def update_app(app: str, body: AppUpdate, _: AdminCaller, services: Servic
 
 
 @router.post("/keys")
-async def create_key(body: KeyCreate, _: AdminCaller, services: ServicesDep) -> dict:
+async def create_key(body: KeyCreate, _: AdminCaller, services: ServicesDep) -> ApiKeyCreated:
     created = await services.tenants.create_key(
         body.app, name=body.name, rpm=body.rpm, tpm=body.tpm, expires_in_days=body.expires_in_days
     )
     # The secret is returned this once; only its hash is stored.
-    return {**key_object(created.record, await _app_name(services, created.record.app_id)), "key": created.key}
+    listed = key_object(created.record, await _app_name(services, created.record.app_id))
+    return ApiKeyCreated(**listed.model_dump(), key=created.key)
 
 
 @router.get("/keys")
 async def list_keys(
     _: AdminCaller, services: ServicesDep, app: Annotated[str | None, Query(max_length=128)] = None
-) -> dict:
-    return {"object": "list", "data": [key_object(k, name) for k, name in await services.tenants.list_keys(app)]}
+) -> ApiKeyList:
+    return ApiKeyList(data=[key_object(k, name) for k, name in await services.tenants.list_keys(app)])
 
 
 @router.patch("/keys/{key}")
-async def update_key(key: str, body: KeyUpdate, _: AdminCaller, services: ServicesDep) -> dict:
+async def update_key(key: str, body: KeyUpdate, _: AdminCaller, services: ServicesDep) -> ApiKey:
     updated = await services.tenants.update_key(key, **body.model_dump(exclude_unset=True))
     services.auth.forget()
     return key_object(updated, await _app_name(services, updated.app_id))
 
 
 @router.post("/keys/{key}/revoke")
-async def revoke_key(key: str, _: AdminCaller, services: ServicesDep) -> dict:
+async def revoke_key(key: str, _: AdminCaller, services: ServicesDep) -> ApiKey:
     revoked = await services.tenants.revoke_key(key)
     services.auth.forget()
     return key_object(revoked, await _app_name(services, revoked.app_id))

@@ -27,11 +27,15 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 @router.post(
     "/chat/completions",
     response_model=ChatCompletion,
-    responses={200: {"description": "A chat completion, or with `stream: true` a stream of chunks as server-sent events."}},
+    responses={
+        200: {"description": "A chat completion, or with `stream: true` a stream of chunks as server-sent events."}
+    },
 )
 async def create_chat_completion(body: ChatCompletionRequest, caller: AppCaller, services: ServicesDep):
     if body.n != 1:
-        raise InvalidRequest("Only n=1 is supported: ask for one choice per request.", param="n", code="unsupported_value")
+        raise InvalidRequest(
+            "Only n=1 is supported: ask for one choice per request.", param="n", code="unsupported_value"
+        )
     call = ChatCall(
         caller=caller,
         messages=[message.to_message() for message in body.messages],
@@ -109,7 +113,9 @@ class _ChunkShape:
 
     def event(self, delta: dict[str, Any] | None, finish_reason: str | None = None, usage: Any = None) -> bytes:
         """One SSE event; ``delta=None`` makes the usage chunk, whose ``choices`` is empty."""
-        choices = [] if delta is None else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]
+        choices = (
+            [] if delta is None else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]
+        )
         body = {**self.common, "choices": choices}
         if self.include_usage:
             body["usage"] = usage

@@ -6,52 +6,40 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from storage.tables import Conversation, Message
 from server.deps import AppCaller, ServicesDep
-from server.schemas import ConversationCreate
+from server.schemas import (
+    Conversation,
+    ConversationAssistantMessage,
+    ConversationCreate,
+    ConversationDeleted,
+    ConversationList,
+    ConversationMessage,
+    ConversationWithMessages,
+    MessageUsage,
+)
+from storage import tables
 
 router = APIRouter(prefix="/v1/conversations", tags=["conversations"])
 
 
-def conversation_object(conversation: Conversation) -> dict:
-    return {
-        "id": conversation.id,
-        "object": "conversation",
-        "created_at": conversation.created_at,
-        "updated_at": conversation.updated_at,
-        "title": conversation.title,
-        "user": conversation.user,
-        "metadata": conversation.meta or {},
-    }
+def conversation_object(conversation: tables.Conversation) -> Conversation:
+    # Not the row's `metadata`: that is SQLAlchemy's; the column is `meta`.
+    return Conversation.of_row(conversation, metadata=conversation.meta or {})
 
 
-def message_object(message: Message) -> dict:
-    body = {
-        "id": f"msg_{message.id}",
-        "object": "conversation.message",
-        "created_at": message.created_at,
-        "role": message.role,
-        "content": message.content,
-    }
-    if message.role == "assistant":
-        body.update(
-            response_id=message.response_id,
-            model=message.model,
-            finish_reason=message.finish_reason,
-            usage={
-                "prompt_tokens": message.prompt_tokens,
-                "completion_tokens": message.completion_tokens,
-                "total_tokens": (message.prompt_tokens or 0) + (message.completion_tokens or 0),
-            },
-            latency_ms=message.latency_ms,
-        )
-    return body
+def message_object(message: tables.Message) -> ConversationMessage:
+    """A message the client sent, or an assistant message with its response's details (null when the client sent it)."""
+    message_id = f"msg_{message.id}"
+    if message.role != "assistant":
+        return ConversationMessage.of_row(message, id=message_id)
+    usage = MessageUsage.of_row(message, total_tokens=(message.prompt_tokens or 0) + (message.completion_tokens or 0))
+    return ConversationAssistantMessage.of_row(message, id=message_id, usage=usage)
 
 
 @router.post("")
 async def create_conversation(
     caller: AppCaller, services: ServicesDep, body: ConversationCreate | None = None
-) -> dict:
+) -> Conversation:
     body = body or ConversationCreate()
     conversation = await services.store.create_conversation(
         app_id=caller.app_id, title=body.title, user=body.user, metadata=body.metadata
@@ -66,16 +54,15 @@ async def list_conversations(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     after: Annotated[str | None, Query(max_length=64)] = None,
     user: Annotated[str | None, Query(max_length=256)] = None,
-) -> dict:
+) -> ConversationList:
     page = await services.store.list_conversations(app_id=caller.app_id, limit=limit, after=after, user=user)
     data = [conversation_object(c) for c in page.items]
-    return {
-        "object": "list",
-        "data": data,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-        "has_more": page.has_more,
-    }
+    return ConversationList(
+        data=data,
+        first_id=data[0].id if data else None,
+        last_id=data[-1].id if data else None,
+        has_more=page.has_more,
+    )
 
 
 @router.get("/{conversation_id}")
@@ -84,10 +71,12 @@ async def retrieve_conversation(
     caller: AppCaller,
     services: ServicesDep,
     user: Annotated[str | None, Query(max_length=256)] = None,
-) -> dict:
+) -> ConversationWithMessages:
     conversation = await services.store.get_conversation(conversation_id, app_id=caller.app_id, user=user)
     messages = await services.store.messages(conversation_id)
-    return {**conversation_object(conversation), "messages": [message_object(m) for m in messages]}
+    return ConversationWithMessages(
+        **conversation_object(conversation).model_dump(), messages=[message_object(m) for m in messages]
+    )
 
 
 @router.delete("/{conversation_id}")
@@ -96,7 +85,7 @@ async def delete_conversation(
     caller: AppCaller,
     services: ServicesDep,
     user: Annotated[str | None, Query(max_length=256)] = None,
-) -> dict:
+) -> ConversationDeleted:
     await services.store.delete_conversation(conversation_id, app_id=caller.app_id, user=user)
     await services.memory.forget(conversation_id)
-    return {"id": conversation_id, "object": "conversation.deleted", "deleted": True}
+    return ConversationDeleted(id=conversation_id)

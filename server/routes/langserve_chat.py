@@ -20,7 +20,7 @@ from fastapi import Depends, FastAPI, Request
 from langchain_core.messages import AIMessageChunk, AnyMessage, message_chunk_to_message
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableGenerator
 from langserve import add_routes
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, WithJsonSchema
 
 from errors import InvalidRequest
 from server.chat_service import ChatCall, ChatService, trace_config
@@ -39,6 +39,35 @@ class ChatRequest(BaseModel):
     """Input of /chat: the messages (only the new ones when the conversation is kept server-side)."""
 
     messages: list[AnyMessage] = Field(description="chat messages, oldest first")
+
+
+# What /chat answers: an AI message, streamed as AI message chunks (the last one with the finish reason, model,
+# conversation id and usage). Declared by hand because LangServe's chat playground renders its chat only for an
+# output schema that is an anyOf/oneOf with a `type` enum holding "ai"; pydantic 2 writes a message class's
+# type as a `const`, which the playground does not recognise, and it then shows no chat box.
+ANSWER_SCHEMA = {
+    "anyOf": [
+        {
+            "title": "AIMessageChunk",
+            "type": "object",
+            "properties": {
+                "content": {"type": "string"},
+                "type": {"type": "string", "enum": ["AIMessageChunk", "ai"]},
+                "id": {"type": ["string", "null"], "description": "the response id"},
+                "response_metadata": {
+                    "type": "object",
+                    "description": "on the last chunk: finish_reason, model_name, conversation_id",
+                },
+                "usage_metadata": {
+                    "type": ["object", "null"],
+                    "description": "on the last chunk: input_tokens, output_tokens, total_tokens",
+                },
+            },
+            "required": ["content", "type"],
+        }
+    ]
+}
+ChatAnswer = Annotated[AIMessageChunk, WithJsonSchema(ANSWER_SCHEMA)]
 
 
 def chat_runnable(service: ChatService) -> Runnable:
@@ -82,7 +111,7 @@ def chat_runnable(service: ChatService) -> Runnable:
             },
         )
 
-    return RunnableGenerator(answer, name="chat").with_types(input_type=ChatRequest, output_type=AIMessageChunk)
+    return RunnableGenerator(answer, name="chat").with_types(input_type=ChatRequest, output_type=ChatAnswer)
 
 
 def _own_run_id(config: RunnableConfig) -> uuid.UUID | None:
@@ -106,7 +135,12 @@ def mount(app: FastAPI, services: Services) -> None:
         if model := request.headers.get("x-model"):
             configurable["model"] = model
         await services.chat.check(
-            ChatCall(caller=caller, messages=[], model=configurable.get("model"), conversation_id=configurable.get("conversation_id"))
+            ChatCall(
+                caller=caller,
+                messages=[],
+                model=configurable.get("model"),
+                conversation_id=configurable.get("conversation_id"),
+            )
         )
         trace = trace_config(caller)
         return {
@@ -182,6 +216,7 @@ def _is_text(content: Any) -> bool:
     if isinstance(content, str):
         return True
     return isinstance(content, list) and all(
-        isinstance(part, str) or (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str))
+        isinstance(part, str)
+        or (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str))
         for part in content
     )

@@ -6,6 +6,7 @@ from fastapi import APIRouter
 
 from chains.model_routes import ChatModel
 from server.deps import AnyCaller, ServicesDep
+from server.schemas import Model, ModelList
 
 router = APIRouter(prefix="/v1", tags=["models"])
 
@@ -13,16 +14,16 @@ router = APIRouter(prefix="/v1", tags=["models"])
 _CREATED = 1_700_000_000
 
 
-def model_object(chat: ChatModel) -> dict:
-    return {"id": chat.route.name, "object": "model", "created": _CREATED, "owned_by": chat.route.owned_by}
+def model_object(chat: ChatModel) -> Model:
+    return Model(id=chat.route.name, created=_CREATED, owned_by=chat.route.owned_by)
 
 
 @router.get("/models")
-async def list_models(caller: AnyCaller, services: ServicesDep) -> dict:
+async def list_models(caller: AnyCaller, services: ServicesDep) -> ModelList:
     """The routes this key's app may use (all of them for an admin key)."""
-    return {"object": "list", "data": [model_object(c) for c in services.models if caller.may_use(c.route.name)]}
+    return ModelList(data=[model_object(c) for c in services.models if caller.may_use(c.route.name)])
 
 
 @router.get("/models/{model_id:path}")
-async def retrieve_model(model_id: str, caller: AnyCaller, services: ServicesDep) -> dict:
+async def retrieve_model(model_id: str, caller: AnyCaller, services: ServicesDep) -> Model:
     return model_object(services.models.get(model_id, allowed=caller.allowed_models))

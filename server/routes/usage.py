@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Query
 
 from errors import InvalidRequest
-from storage.usage_reports import usage_summary
 from server.deps import AnyCaller, ServicesDep
+from server.schemas import UsageReport
+from storage.usage_reports import GroupBy, usage_summary
 
 router = APIRouter(prefix="/v1", tags=["usage"])
 
@@ -46,9 +47,9 @@ async def get_usage(
     services: ServicesDep,
     start: Annotated[str | None, Query(max_length=40)] = None,
     end: Annotated[str | None, Query(max_length=40)] = None,
-    group_by: Literal["day", "model", "key", "app"] = "day",
+    group_by: GroupBy = "day",
     app: Annotated[str | None, Query(max_length=128, description="admin key only: one app")] = None,
-) -> dict:
+) -> UsageReport:
     end_at = parse_time(end, "end")
     if end_at is None:  # not `or`: 0 is a valid time
         end_at = int(time.time()) + 1
@@ -64,4 +65,4 @@ async def get_usage(
             raise InvalidRequest("Only an admin key can report on other apps.", param="app" if app else "group_by")
         app_id = caller.app_id
     data = await usage_summary(services.db, app_id=app_id, start=start_at, end=end_at, group_by=group_by)
-    return {"object": "list", "group_by": group_by, "start": start_at, "end": end_at, "data": data}
+    return UsageReport(group_by=group_by, start=start_at, end=end_at, data=data)

@@ -1,0 +1,96 @@
+"""LangServe's chat playground in a real browser (Debian's chromium, driven by Playwright): the page renders its
+chat, a person's message gets the model's streamed answer, and with X-Conversation-ID the turn lands in that
+server-side conversation. A screenshot is saved in .cache/screenshots/ to look at."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# Without the background-networking flags chromium keeps dialling Google's hosts, which this machine refuses.
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run",
+]  # fmt: skip
+SCREENSHOTS = ROOT / ".cache" / "screenshots"
+QUESTION = "What is the capital of France?"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail("chromium is missing: `make test` installs it (scripts/ensure-services)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def open_playground(browser, server, headers: dict[str, str] | None = None):
+    """A page on /chat/playground/ with the key in the cookie the README tells people to set."""
+    context = browser.new_context(extra_http_headers=headers or {})
+    context.add_cookies([{"name": "genai_api_key", "value": server.key, "url": server.url}])
+    page = context.new_page()
+    page.goto(f"{server.url}/chat/playground/")
+    return page
+
+
+MESSAGES = """() => [...document.querySelectorAll('div.mb-8.group')].reverse()
+    .map(m => [m.querySelector('select').value, m.querySelector('textarea').value])"""
+
+
+def ask(page, question: str) -> str:
+    """Send ``question`` as a person would: type it, press Enter. The answer's text once its stream has ended."""
+    box = page.get_by_placeholder("Send a message...")
+    box.fill(question)
+    # The stream has ended when its request finishes, or fails: the page may abort the fetch once it has
+    # read LangServe's `end` event, before the body is closed.
+    ended: list = []
+    for event in ("requestfinished", "requestfailed"):
+        page.on(event, lambda request: ended.append(request) if request.url.endswith("/chat/stream_log") else None)
+    box.press("Enter")
+    deadline = time.monotonic() + 60
+    while not ended:
+        assert time.monotonic() < deadline, "the answer's stream did not end within 60 s"
+        page.wait_for_timeout(100)
+    assert ended[0].response().status == 200
+    page.wait_for_function(f"() => ({MESSAGES})().length === 2 && ({MESSAGES})()[1][1].trim() !== ''")
+    shown = page.evaluate(MESSAGES)
+    assert [role for role, _ in shown] == ["human", "ai"] and shown[0][1] == question
+    return shown[1][1].strip()
+
+
+def test_the_playground_renders_its_chat_and_streams_an_answer(browser, server):
+    page = open_playground(browser, server)
+    # The page shows either its chat box or why it cannot ("The chat playground is only supported for ...").
+    page.locator("textarea[placeholder='Send a message...'], :text('only supported')").first.wait_for()
+    assert page.get_by_text("only supported").count() == 0, page.inner_text("body")
+    answer = ask(page, QUESTION)
+    assert answer, "no answer rendered"
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "playground.png"))
+    # The answer shown is the one the platform recorded for this app.
+    with server.http() as http:
+        usage = http.get("/v1/usage", params={"group_by": "model"}).json()["data"]
+    assert [row["requests"] for row in usage] == [1]
+
+
+def test_a_playground_turn_lands_in_the_conversation_of_x_conversation_id(browser, server):
+    with server.http() as http:
+        conversation_id = http.post("/v1/conversations", json={"title": "from the playground"}).json()["id"]
+    page = open_playground(browser, server, headers={"X-Conversation-ID": conversation_id})
+    answer = ask(page, QUESTION)
+    with server.http() as http:
+        stored = http.get(f"/v1/conversations/{conversation_id}").json()["messages"]
+    assert [(m["role"], m["content"]) for m in stored] == [("user", QUESTION), ("assistant", answer)]
