@@ -48,6 +48,16 @@ class ModelRoute(BaseModel):
     tokenizer_gguf: str | None = Field(None, description="GGUF file whose vocabulary counts tokens exactly")
     defaults: dict[str, Any] = Field(default_factory=dict, description="generation defaults")
     owned_by: str = "genai-platform"
+    # Prices in currency units (e.g. USD) per million tokens; every usage record carries its cost.
+    input_price: float = Field(0.0, ge=0, description="per million prompt tokens")
+    cached_input_price: float | None = Field(None, ge=0, description="per million cached prompt tokens")
+    output_price: float = Field(0.0, ge=0, description="per million completion tokens")
+
+    def cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float:
+        """What a call costs at this route's prices (cached prompt tokens at the cached price, when set)."""
+        cached_price = self.input_price if self.cached_input_price is None else self.cached_input_price
+        uncached = max(prompt_tokens - cached_tokens, 0)
+        return (uncached * self.input_price + cached_tokens * cached_price + completion_tokens * self.output_price) / 1e6
 
     @property
     def upstream_model(self) -> str:

@@ -64,6 +64,7 @@ class ChatResult:
     prompt_tokens: int
     completion_tokens: int
     conversation_id: str | None = None
+    cost: float = 0.0
     created: int = field(default_factory=lambda: int(time.time()))
 
     @property
@@ -203,9 +204,10 @@ class _Run:
             prompt_tokens=int(state.get("prompt_tokens") or 0),
             completion_tokens=int(state.get("completion_tokens") or 0),
             conversation_id=state.get("conversation_id"),
+            cost=float(state.get("cost") or 0.0),
         )
-        if result.total_tokens and self.call.caller.tpm:
-            self.service.spawn(self.service.limiter.spend_tokens(self.call.caller, result.total_tokens))
+        if result.total_tokens or result.cost:
+            self.service.spawn(self.service.limiter.spend(self.call.caller, tokens=result.total_tokens, cost=result.cost))
         return result
 
     async def failed(self, exc: Exception, info: dict[str, Any] | None = None) -> APIError:

@@ -48,6 +48,7 @@ class TurnRecord:
     status: str = "ok"
     key_prefix: str | None = None
     cached: bool = False
+    cost: float = 0.0  # at the route's prices
 
 
     @classmethod

@@ -107,10 +107,14 @@ async def call_model(state: ChatState, config: RunnableConfig, runtime: Runtime[
             raise
         raise error from exc
     usage = answer.usage_metadata or {}
+    prompt_tokens = usage.get("input_tokens") or state["prompt_tokens"]
+    completion_tokens = usage.get("output_tokens") or chat.tokens.count_text(answer.text)
+    cached_tokens = (usage.get("input_token_details") or {}).get("cache_read") or 0
     return {
         "answer": AIMessage(content=stage.text, id=state["response_id"]),
-        "prompt_tokens": usage.get("input_tokens") or state["prompt_tokens"],
-        "completion_tokens": usage.get("output_tokens") or chat.tokens.count_text(answer.text),
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "cost": chat.route.cost(prompt_tokens, completion_tokens, cached_tokens),
         "finish_reason": "content_filter" if stage.blocked else _finish_reason(answer),
         "latency_ms": (time.perf_counter() - state["started_at"]) * 1000,
     }
@@ -154,6 +158,7 @@ async def persist(state: ChatState, runtime: Runtime[ChatContext]) -> dict[str, 
             answer=state["answer"].text,
             finish_reason=state["finish_reason"],
             stream=bool(state.get("stream")),
+            cost=state.get("cost", 0.0),
         )
     )
     if conversation_id and total:

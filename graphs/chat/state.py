@@ -37,5 +37,6 @@ class ChatState(ChatInput, total=False):
     # The answer as the client saw it: the model's text after the output stage.
     answer: AIMessage
     completion_tokens: int
+    cost: float
     finish_reason: str
     latency_ms: float

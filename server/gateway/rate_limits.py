@@ -78,7 +78,8 @@ class RateLimiter:
         headers[f"x-ratelimit-reset-{kind}"] = _duration(reset)
         return reset, stats.remaining
 
-    async def spend_tokens(self, caller: Caller, tokens: int) -> None:
+    async def spend(self, caller: Caller, *, tokens: int, cost: float = 0.0) -> None:
+        """Charge what a finished request used: its tokens to the key's token limit (``cost`` is for budgets)."""
         if caller.tpm and tokens > 0:
             item = RateLimitItemPerMinute(caller.tpm)
             # Charge what fits: a hit larger than the remaining budget would be refused and count nothing.
