@@ -31,8 +31,10 @@ def format_qa_transcript(messages: list[dict], **_: object) -> ChatFormatterResp
         role = message.get("role")
         if role == "user":
             parts.append(f"Question: {content}\n")
-        elif role == "assistant":
+        elif role == "assistant" and content:  # a turn that only called tools shows as the tools' results
             parts.append(f"Answer: {content}\n\n")
+        elif role == "tool":  # a tool's result, for the next answer to use
+            parts.append(f"Tool result: {content}\n")
     parts.append("Answer:")
     return ChatFormatterResponse(prompt="".join(parts), stop=STOP)
 

@@ -42,6 +42,7 @@ def local_route(base_url: str, gguf_path: str, context_window: int) -> ModelRout
         tokenizer_gguf=gguf_path,
         defaults=LOCAL_DEFAULTS,
         owned_by="llama.cpp",
+        provider="llama.cpp",
     )
 
 

@@ -17,6 +17,7 @@ import openai
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from chains.route_features import SAMPLING_FIELDS, Features, Provider, RouteFeatures, resolve
 from chains.tokens import ApproximateTokenCounter, GgufTokenCounter, TokenCounter
 from chains.transport import ChatCompletionsTransport
 from errors import (
@@ -48,6 +49,10 @@ class ModelRoute(BaseModel):
     tokenizer_gguf: str | None = Field(None, description="GGUF file whose vocabulary counts tokens exactly")
     defaults: dict[str, Any] = Field(default_factory=dict, description="generation defaults")
     owned_by: str = "genai-platform"
+    provider: Provider | None = Field(
+        None, description="what serves the route; sets the default features (openai for api.openai.com)"
+    )
+    features: RouteFeatures = Field(default_factory=RouteFeatures, description="overrides of the provider's defaults")
     # Prices in currency units (e.g. USD) per million tokens; every usage record carries its cost.
     input_price: float = Field(0.0, ge=0, description="per million prompt tokens")
     cached_input_price: float | None = Field(None, ge=0, description="per million cached prompt tokens")
@@ -57,7 +62,19 @@ class ModelRoute(BaseModel):
         """What a call costs at this route's prices (cached prompt tokens at the cached price, when set)."""
         cached_price = self.input_price if self.cached_input_price is None else self.cached_input_price
         uncached = max(prompt_tokens - cached_tokens, 0)
-        return (uncached * self.input_price + cached_tokens * cached_price + completion_tokens * self.output_price) / 1e6
+        return (
+            uncached * self.input_price + cached_tokens * cached_price + completion_tokens * self.output_price
+        ) / 1e6
+
+    @property
+    def provider_kind(self) -> Provider:
+        if self.provider is not None:
+            return self.provider
+        return "openai" if "api.openai.com" in self.base_url else "openai-compatible"
+
+    @property
+    def resolved_features(self) -> Features:
+        return resolve(self.provider_kind, self.features)
 
     @property
     def upstream_model(self) -> str:
@@ -90,9 +107,17 @@ class ChatModel:
             max_retries=route.max_retries,
             stream_usage=True,
             async_client=ChatCompletionsTransport(
-                route.base_url, api_key, timeout=route.timeout, max_retries=route.max_retries
+                route.base_url,
+                api_key,
+                timeout=route.timeout,
+                max_retries=route.max_retries,
+                null_content=route.provider_kind != "llama.cpp",
             ),
         )
+
+    @cached_property
+    def features(self) -> Features:
+        return self.route.resolved_features
 
     @cached_property
     def tokens(self) -> TokenCounter:
@@ -108,6 +133,16 @@ class ChatModel:
         merged = {**self.route.defaults, **{k: v for k, v in params.items() if v is not None}}
         max_tokens = min(int(merged.pop("max_tokens", self.route.max_output_tokens)), self.route.max_output_tokens)
         extra_body = dict(merged.pop("extra_body", {}) or {})
+        # Everything but the sampling parameters travels in the body as it is: ChatOpenAI would take another
+        # path (the openai SDK's parse helpers) for a response_format it sees, and needs to know nothing of the rest.
+        for name in [name for name in merged if name not in SAMPLING_FIELDS]:
+            extra_body[name] = merged.pop(name)
+        if self.route.provider_kind == "llama.cpp" and (extra_body.get("response_format") or {}).get("type") == (
+            "json_schema"
+        ):
+            # llama-cpp-python's server knows JSON schemas as its own json_object form (grammar-constrained).
+            schema = extra_body["response_format"].get("json_schema", {}).get("schema", {})
+            extra_body["response_format"] = {"type": "json_object", "schema": schema}
         if self.route.max_tokens_field == "max_tokens":
             # llama.cpp and other older servers ignore `max_completion_tokens`.
             extra_body["max_tokens"] = max_tokens

@@ -25,8 +25,12 @@ RETRY_STATUSES = {408, 409, 429, 500, 502, 503, 504}
 class ChatCompletionsTransport:
     """``create(**payload)`` and ``with_raw_response.create(**payload)``, as ``ChatOpenAI`` calls them."""
 
-    def __init__(self, base_url: str, api_key: str, *, timeout: float, max_retries: int) -> None:
+    def __init__(
+        self, base_url: str, api_key: str, *, timeout: float, max_retries: int, null_content: bool = True
+    ) -> None:
         self.max_retries = max_retries
+        # llama-cpp-python's server refuses `"content": null` beside an assistant's tool calls; send "" to it.
+        self.null_content = null_content
         self.client = httpx.AsyncClient(
             base_url=base_url.rstrip("/") + "/",
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
@@ -43,6 +47,10 @@ class ChatCompletionsTransport:
 
     async def _send(self, payload: dict[str, Any]) -> tuple[httpx.Response, bool]:
         body = _body(payload)
+        if not self.null_content:
+            for message in body.get("messages") or ():
+                if message.get("content") is None:
+                    message["content"] = ""
         streaming = bool(body.get("stream"))
         content = orjson.dumps(body)
         for attempt in range(self.max_retries + 1):

@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from langchain_core.messages import BaseMessage
 from langgraph.graph.state import CompiledStateGraph
 
@@ -65,11 +66,20 @@ class ChatResult:
     completion_tokens: int
     conversation_id: str | None = None
     cost: float = 0.0
+    # OpenAI's shape: [{"id", "type": "function", "function": {"name", "arguments"}}]
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    logprobs: dict[str, Any] | None = None
     created: int = field(default_factory=lambda: int(time.time()))
 
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+
+def openai_tool_call(call: dict[str, Any]) -> dict[str, Any]:
+    """A LangChain tool call as OpenAI's."""
+    arguments = orjson.dumps(call.get("args") or {}).decode()
+    return {"id": call.get("id") or "", "type": "function", "function": {"name": call["name"], "arguments": arguments}}
 
 
 def response_id_for(run_id: uuid.UUID) -> str:
@@ -205,9 +215,13 @@ class _Run:
             completion_tokens=int(state.get("completion_tokens") or 0),
             conversation_id=state.get("conversation_id"),
             cost=float(state.get("cost") or 0.0),
+            tool_calls=[openai_tool_call(call) for call in state["answer"].tool_calls],
+            logprobs=state["answer"].response_metadata.get("logprobs"),
         )
         if result.total_tokens or result.cost:
-            self.service.spawn(self.service.limiter.spend(self.call.caller, tokens=result.total_tokens, cost=result.cost))
+            self.service.spawn(
+                self.service.limiter.spend(self.call.caller, tokens=result.total_tokens, cost=result.cost)
+            )
         return result
 
     async def failed(self, exc: Exception, info: dict[str, Any] | None = None) -> APIError:
@@ -240,8 +254,18 @@ class _Run:
         return error
 
 
+@dataclass(frozen=True)
+class StreamPart:
+    """A piece of a streamed answer: text (as the output stage released it, with the model's logprobs for it
+    when asked and unfiltered), or tool-call deltas in OpenAI's shape (``index``, ``id``, ``function``)."""
+
+    text: str = ""
+    tool_calls: list[dict[str, Any]] | None = None
+    logprobs: dict[str, Any] | None = None
+
+
 class ChatStream:
-    """A started streamed run. Iterate it for the answer's text, as the output stage releases it.
+    """A started streamed run. Iterate it for the answer's ``StreamPart``s.
 
     ``info`` holds what the run has settled so far (response id, model, conversation id once
     ``start`` returns); ``result`` is set when the iteration ends. An ``APIError`` raised while
@@ -251,7 +275,7 @@ class ChatStream:
     def __init__(self, run: _Run, events: AsyncIterator[tuple[str, Any]]) -> None:
         self._run = run
         self._events = events
-        self._buffered: list[str] = []
+        self._buffered: list[StreamPart] = []
         self.info: dict[str, Any] = {"response_id": run.response_id, "model_name": run.recorder.model}
         self.result: ChatResult | None = None
 
@@ -259,8 +283,8 @@ class ChatStream:
         """Run up to the answer's first text (or its end)."""
         try:
             async for mode, chunk in self._events:
-                if self._absorb(mode, chunk) is not None:
-                    self._buffered.append(chunk["delta"])
+                if (part := self._absorb(mode, chunk)) is not None:
+                    self._buffered.append(part)
                     break
         except Exception as exc:
             await self._events.aclose()
@@ -269,24 +293,24 @@ class ChatStream:
             await self._events.aclose()
             raise
 
-    def _absorb(self, mode: str, chunk: Any) -> str | None:
-        """Take one graph event in; the text delta it carries, if any."""
+    def _absorb(self, mode: str, chunk: Any) -> StreamPart | None:
+        """Take one graph event in; the part of the answer it carries, if any."""
         if mode == "custom":
             self._run.first_token(self.info)
-            return chunk["delta"]
+            return StreamPart(chunk.get("delta", ""), chunk.get("tool_calls"), chunk.get("logprobs"))
         for update in chunk.values():
             if update:
                 self.info.update(update)
         return None
 
-    async def __aiter__(self) -> AsyncIterator[str]:
+    async def __aiter__(self) -> AsyncIterator[StreamPart]:
         try:
-            for delta in self._buffered:
-                yield delta
+            for part in self._buffered:
+                yield part
             self._buffered.clear()
             async for mode, chunk in self._events:
-                if (delta := self._absorb(mode, chunk)) is not None:
-                    yield delta
+                if (part := self._absorb(mode, chunk)) is not None:
+                    yield part
         except Exception as exc:
             raise await self._run.failed(exc, self.info) from exc
         finally:

@@ -39,6 +39,10 @@ def validation_error(exc: RequestValidationError) -> APIError:
             code="invalid_json",
         )
     param = _param_path(location)
+    if first.get("type") in ("union_tag_invalid", "union_tag_not_found"):
+        # A discriminated union (a message's role, a content part's type): name the field that picks the branch.
+        tag = str((first.get("ctx") or {}).get("discriminator", "")).strip("'")
+        param = f"{param}.{tag}" if tag else param
     message = first.get("msg", "Invalid value")
     if first.get("type") == "missing":
         message = f"Missing required parameter: '{param}'."
@@ -50,17 +54,24 @@ def validation_error(exc: RequestValidationError) -> APIError:
 
 
 _UNION_BRANCHES = {"str", "int", "float", "bool", "none", "dict", "list"}
+# Tags of the discriminated unions in request bodies: pydantic puts the chosen branch's tag in the location.
+_UNION_TAGS = {"system", "developer", "user", "assistant", "tool", "text", "image_url", "input_audio", "file", "refusal"}
 
 
 def _param_path(location: list[str]) -> str:
     path = ""
+    previous = ""
     for part in location:
         if part.isdigit():
             path += f"[{part}]"
-        elif part in _UNION_BRANCHES or "[" in part or part.startswith(("function-", "tagged-union", "constrained-")):
+            previous = part
+            continue
+        if part in _UNION_BRANCHES or "[" in part or part.startswith(("function-", "tagged-union", "constrained-")):
             continue  # pydantic's names for union branches, not the client's field names
-        else:
-            path += f".{part}" if path else part
+        if part in _UNION_TAGS and previous.isdigit():
+            continue  # the tag of a discriminated union's branch (a message's role, a part's type)
+        path += f".{part}" if path else part
+        previous = part
     return path
 
 

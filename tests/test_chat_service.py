@@ -173,7 +173,7 @@ async def test_the_services_response_id_is_the_root_runs_id(make_settings, mock_
         stream = await services.chat.stream(
             ChatCall(caller=caller, messages=[HumanMessage(content="hi")]), {"callbacks": [roots]}
         )
-        assert "".join([text async for text in stream]) == REPLY
+        assert "".join([part.text async for part in stream]) == REPLY
         assert [result.response_id, stream.result.response_id] == [f"chatcmpl-{run_id.hex}" for run_id in roots.ids]
     finally:
         await services.close()

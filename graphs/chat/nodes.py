@@ -14,6 +14,7 @@ from langgraph.runtime import Runtime
 
 from chains.model_routes import ChatModel, translate_upstream_error
 from chains.output_stage import OutputStage
+from chains.route_features import check_request, content_kinds
 from errors import ContextLengthExceeded, InvalidRequest
 from graphs.chat.context import ChatContext
 from graphs.chat.state import ChatState
@@ -29,6 +30,7 @@ async def preprocess(state: ChatState, runtime: Runtime[ChatContext]) -> dict[st
     if not any(m.type == "human" for m in messages) and not state.get("conversation_id"):
         raise InvalidRequest("`messages` must contain a user message.", param="messages")
     chat = context.models.get(state.get("model"), allowed=state.get("allowed_models"))
+    check_request(chat.route.name, chat.features, state.get("params") or {}, content_kinds(messages))
     app_id = state.get("app_id")
     if not app_id:
         raise InvalidRequest("The request has no app: call with an app's API key.")
@@ -90,7 +92,9 @@ async def load_memory(state: ChatState, runtime: Runtime[ChatContext]) -> dict[s
 
 
 async def call_model(state: ChatState, config: RunnableConfig, runtime: Runtime[ChatContext]) -> dict[str, Any]:
-    """The model's answer through the output stage; streamed as ``{"delta": text}`` custom events when asked."""
+    """The model's answer through the output stage. Streamed, when asked, as custom events: ``{"delta": text}``
+    (with ``"logprobs"`` when the model sent them and no output filter rewrites the text) and
+    ``{"tool_calls": [...]}`` (OpenAI's indexed tool-call deltas)."""
     context = runtime.context
     chat = context.models.get(state["model_name"])
     stage = OutputStage.for_answer(context.output_filters, state)
@@ -110,8 +114,11 @@ async def call_model(state: ChatState, config: RunnableConfig, runtime: Runtime[
     prompt_tokens = usage.get("input_tokens") or state["prompt_tokens"]
     completion_tokens = usage.get("output_tokens") or chat.tokens.count_text(answer.text)
     cached_tokens = (usage.get("input_token_details") or {}).get("cache_read") or 0
+    metadata = {"logprobs": answer.response_metadata["logprobs"]} if answer.response_metadata.get("logprobs") else {}
     return {
-        "answer": AIMessage(content=stage.text, id=state["response_id"]),
+        "answer": AIMessage(
+            content=stage.text, tool_calls=answer.tool_calls, id=state["response_id"], response_metadata=metadata
+        ),
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "cost": chat.route.cost(prompt_tokens, completion_tokens, cached_tokens),
@@ -125,17 +132,42 @@ async def _stream_answer(
 ) -> AIMessageChunk:
     answer: AIMessageChunk | None = None
     started = False
+    logprobs: list[dict[str, Any]] = []
     async for chunk in chat.client.astream(state["prompt"], config, **chat.call_kwargs(state.get("params") or {})):
         answer = chunk if answer is None else answer + chunk
+        if chunk.tool_call_chunks:
+            write({"tool_calls": [_tool_call_delta(part) for part in chunk.tool_call_chunks]})
         delta = chunk.text if started else chunk.text.lstrip()  # completion-style models start with a space
         started = started or bool(delta)
+        chunk_logprobs = (chunk.response_metadata.get("logprobs") or {}).get("content")
+        if chunk_logprobs:
+            logprobs.extend(chunk_logprobs)
         if delta and (released := await stage.feed(delta)):
-            write({"delta": released})
+            event: dict[str, Any] = {"delta": released}
+            if chunk_logprobs and not stage.filters:  # a filter's text would not match the model's logprobs
+                event["logprobs"] = {"content": chunk_logprobs}
+            write(event)
         if stage.blocked:
             break
     if released := await stage.finish():
         write({"delta": released})
-    return answer or AIMessageChunk(content="")
+    answer = answer or AIMessageChunk(content="")
+    if logprobs:
+        answer.response_metadata["logprobs"] = {"content": logprobs}
+    return answer
+
+
+def _tool_call_delta(part: dict[str, Any]) -> dict[str, Any]:
+    """A LangChain tool-call chunk as OpenAI's streamed tool-call delta."""
+    delta: dict[str, Any] = {"index": part.get("index") or 0}
+    if part.get("id"):
+        delta.update(id=part["id"], type="function")
+    function = {key: part[key] for key in ("name", "args") if part.get(key) is not None}
+    if "args" in function:
+        function["arguments"] = function.pop("args")
+    if function:
+        delta["function"] = function
+    return delta
 
 
 async def persist(state: ChatState, runtime: Runtime[ChatContext]) -> dict[str, Any]:

@@ -15,9 +15,10 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from errors import APIError, InvalidRequest
+from server.chat_request import ChatCompletionRequest
 from server.chat_service import ChatCall, ChatResult, ChatStream
 from server.deps import AppCaller, ServicesDep
-from server.schemas import ChatCompletion, ChatCompletionRequest, Usage
+from server.schemas import ChatCompletion, Usage
 
 router = APIRouter(prefix="/v1", tags=["chat"])
 
@@ -38,10 +39,10 @@ async def create_chat_completion(body: ChatCompletionRequest, caller: AppCaller,
         )
     call = ChatCall(
         caller=caller,
-        messages=[message.to_message() for message in body.messages],
+        messages=body.lc_messages(),
         model=body.model,
         conversation_id=body.conversation_id,
-        params=body.generation_params(),
+        params=body.params(),
         user=body.user,
     )
     if not body.stream:
@@ -57,6 +58,10 @@ async def create_chat_completion(body: ChatCompletionRequest, caller: AppCaller,
 
 
 def completion_object(result: ChatResult) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": result.text, "refusal": None}
+    if result.tool_calls:
+        message["tool_calls"] = result.tool_calls
+        message["content"] = result.text or None  # as OpenAI: null content beside tool calls
     body: dict[str, Any] = {
         "id": result.response_id,
         "object": "chat.completion",
@@ -66,8 +71,8 @@ def completion_object(result: ChatResult) -> dict[str, Any]:
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": result.text, "refusal": None},
-                "logprobs": None,
+                "message": message,
+                "logprobs": result.logprobs,
                 "finish_reason": result.finish_reason,
             }
         ],
@@ -87,8 +92,11 @@ async def sse_chunks(stream: ChatStream, include_usage: bool) -> AsyncIterator[b
     shape = _ChunkShape(info["response_id"], info["model_name"], info.get("conversation_id"), include_usage)
     try:
         yield shape.event({"role": "assistant", "content": ""})
-        async for text in stream:
-            yield shape.event({"content": text})
+        async for part in stream:
+            if part.tool_calls:
+                yield shape.event({"tool_calls": part.tool_calls})
+            if part.text:
+                yield shape.event({"content": part.text}, logprobs=part.logprobs)
         result = stream.result
         assert result is not None
         yield shape.event({}, result.finish_reason)
@@ -111,10 +119,14 @@ class _ChunkShape:
         self.include_usage = include_usage
         self.conversation_id = conversation_id
 
-    def event(self, delta: dict[str, Any] | None, finish_reason: str | None = None, usage: Any = None) -> bytes:
+    def event(
+        self, delta: dict[str, Any] | None, finish_reason: str | None = None, usage: Any = None, logprobs: Any = None
+    ) -> bytes:
         """One SSE event; ``delta=None`` makes the usage chunk, whose ``choices`` is empty."""
         choices = (
-            [] if delta is None else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]
+            []
+            if delta is None
+            else [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}]
         )
         body = {**self.common, "choices": choices}
         if self.include_usage:

@@ -30,8 +30,8 @@ from storage.tenants import Caller
 
 PATH = "/chat"
 MESSAGE_TYPES = {
-    "human", "ai", "system", "HumanMessage", "AIMessage", "SystemMessage",
-    "HumanMessageChunk", "AIMessageChunk", "SystemMessageChunk",
+    "human", "ai", "system", "tool", "HumanMessage", "AIMessage", "SystemMessage", "ToolMessage",
+    "HumanMessageChunk", "AIMessageChunk", "SystemMessageChunk", "ToolMessageChunk",
 }  # fmt: skip
 
 
@@ -90,11 +90,19 @@ def chat_runnable(service: ChatService) -> Runnable:
         )
         if not configurable.get("stream", True):  # /invoke and /batch: the client waits for the whole answer
             result = await service.complete(call, config)
-            yield AIMessageChunk(content=result.text, id=result.response_id)
+            yield AIMessageChunk(
+                content=result.text,
+                id=result.response_id,
+                tool_call_chunks=[_tool_call_chunk(index, call) for index, call in enumerate(result.tool_calls)],
+            )
         else:
             stream = await service.stream(call, config)
-            async for text in stream:
-                yield AIMessageChunk(content=text, id=stream.info["response_id"])
+            async for part in stream:
+                yield AIMessageChunk(
+                    content=part.text,
+                    id=stream.info["response_id"],
+                    tool_call_chunks=[_tool_call_chunk(delta["index"], delta) for delta in part.tool_calls or []],
+                )
             result = stream.result
         yield AIMessageChunk(
             content="",
@@ -112,6 +120,18 @@ def chat_runnable(service: ChatService) -> Runnable:
         )
 
     return RunnableGenerator(answer, name="chat").with_types(input_type=ChatRequest, output_type=ChatAnswer)
+
+
+def _tool_call_chunk(index: int, call: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI tool call (or streamed delta) as LangChain's tool-call chunk."""
+    function = call.get("function") or {}
+    return {
+        "type": "tool_call_chunk",
+        "index": index,
+        "id": call.get("id"),
+        "name": function.get("name"),
+        "args": function.get("arguments"),
+    }
 
 
 def _own_run_id(config: RunnableConfig) -> uuid.UUID | None:
@@ -203,20 +223,57 @@ def _check_input(value: Any, param: str) -> None:
         kind = message.get("type") if isinstance(message, dict) else None
         if not isinstance(kind, str) or kind not in MESSAGE_TYPES:
             raise InvalidRequest(
-                f"`{where}` must be a human, ai or system message (tool and function messages are not supported).",
+                f"`{where}` must be a human, ai, system or tool message (function messages are not supported).",
                 param=where,
             )
-        if not _is_text(message.get("content")):
-            raise InvalidRequest(f"`{where}.content` must be text or a list of text parts.", param=f"{where}.content")
+        if not _is_content(message.get("content")):
+            raise InvalidRequest(
+                f"`{where}.content` must be text or a list of content parts.", param=f"{where}.content"
+            )
+        _check_tool_calls(message, where)
+        if kind.startswith(("tool", "Tool")) and not isinstance(message.get("tool_call_id"), str):
+            raise InvalidRequest(
+                f"`{where}.tool_call_id` must name the tool call it answers.", param=f"{where}.tool_call_id"
+            )
     if not any(m["type"].startswith(("human", "Human")) for m in messages):
         raise InvalidRequest(f"`{param}.messages` must contain a human message.", param=f"{param}.messages")
 
 
-def _is_text(content: Any) -> bool:
+TOOL_CALL_KEYS = {"name", "args", "id", "type"}
+
+
+def _check_tool_calls(message: dict[str, Any], where: str) -> None:
+    """An AI message's tool calls as LangChain writes them: {"name", "args", "id"}; nothing LangChain would choke on."""
+    calls = message.get("tool_calls")
+    if calls is not None and not (
+        isinstance(calls, list)
+        and all(
+            isinstance(call, dict)
+            and call.keys() <= TOOL_CALL_KEYS
+            and isinstance(call.get("name"), str)
+            and isinstance(call.get("args", {}), dict)
+            and isinstance(call.get("id"), str | None)
+            for call in calls
+        )
+    ):
+        raise InvalidRequest(
+            f'`{where}.tool_calls` must be a list of {{"name", "args", "id"}} objects.', param=f"{where}.tool_calls"
+        )
+    for key in ("invalid_tool_calls", "tool_call_chunks"):
+        if message.get(key):
+            raise InvalidRequest(f"`{where}.{key}` must be empty in a request.", param=f"{where}.{key}")
+
+
+def _is_content(content: Any) -> bool:
+    """Text, or a list of text and typed parts (which parts the model takes is checked against its route)."""
     if isinstance(content, str):
         return True
     return isinstance(content, list) and all(
         isinstance(part, str)
-        or (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str))
+        or (
+            isinstance(part, dict)
+            and isinstance(part.get("type"), str)
+            and (part["type"] != "text" or isinstance(part.get("text"), str))
+        )
         for part in content
     )

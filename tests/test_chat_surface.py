@@ -1,0 +1,197 @@
+"""The whole OpenAI chat request surface through the platform: every field forwarded, implemented or refused with a
+400 naming it; tools, structured output, logprobs and content parts, against the scripted upstream (which records
+what it receives) and, for what the small local model can do, against the real llama.cpp server."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import openai
+import pytest
+
+from chains.model_routes import ModelRoute
+from chains.route_features import FORWARDED_FIELDS
+from tests.scripted_upstream import ScriptedUpstream, scripted_route, serve_scripted_upstream
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+ASK = [{"role": "user", "content": "What is the weather in 'Oslo'?"}]
+
+
+@pytest.fixture(scope="module")
+def scripted() -> Iterator[ScriptedUpstream]:
+    with serve_scripted_upstream() as upstream:
+        yield upstream
+
+
+@pytest.fixture
+def platform(live_server, scripted):
+    """A platform with an OpenAI-like route in front of the scripted upstream, and routes of narrower providers."""
+    scripted.clear()
+    return live_server(
+        model_routes=[
+            scripted_route("scripted", scripted),
+            ModelRoute(name="llamacpp", base_url=scripted, provider="llama.cpp", max_retries=0),
+            ModelRoute(name="ollama", base_url=scripted, provider="ollama", max_retries=0),
+            ModelRoute(name="no-tools", base_url=scripted, max_retries=0, features={"tools": False, "json_schema": False}),
+        ]
+    )
+
+
+def forwarded(scripted: ScriptedUpstream) -> dict:
+    [body] = scripted.requests
+    return body
+
+
+# Every field the platform forwards, with a value the scripted upstream accepts.
+FIELD_VALUES = {
+    "temperature": 0.5, "top_p": 0.5, "stop": ["zzz"], "presence_penalty": 0.5, "frequency_penalty": 0.5, "seed": 7,
+    "user": "end-user-1", "logit_bias": {"50256": -100}, "logprobs": True, "top_logprobs": 2,
+    "tools": [WEATHER], "tool_choice": "auto", "parallel_tool_calls": False,
+    "response_format": {"type": "json_object"}, "metadata": {"team": "a"}, "store": False,
+    "service_tier": "auto", "reasoning_effort": "low", "verbosity": "low", "prompt_cache_key": "k",
+    "safety_identifier": "s", "prediction": {"type": "content", "content": "x"}, "modalities": ["text"],
+    "audio": {"voice": "alloy", "format": "wav"}, "web_search_options": {},
+}  # fmt: skip
+
+
+# Fields that OpenAI (and the scripted upstream) take only beside another one.
+COMPANIONS = {"tool_choice": {"tools": [WEATHER]}, "top_logprobs": {"logprobs": True}}
+
+
+def test_the_table_covers_every_forwarded_field():
+    assert set(FIELD_VALUES) == FORWARDED_FIELDS
+
+
+@pytest.mark.parametrize("field", sorted(FIELD_VALUES))
+def test_each_field_reaches_an_openai_route_as_sent(platform, scripted, field):
+    messages = [{"role": "user", "content": "Reply in json about the 'weather'."}]
+    body = {"model": "scripted", "messages": messages, **COMPANIONS.get(field, {}), field: FIELD_VALUES[field]}
+    with platform.http() as http:
+        response = http.post("/v1/chat/completions", json=body)
+    assert response.status_code == 200, response.text
+    assert forwarded(scripted)[field] == FIELD_VALUES[field]
+
+
+@pytest.mark.parametrize(
+    ("model", "body", "param"),
+    [
+        ("llamacpp", {"store": True}, "store"),
+        ("llamacpp", {"metadata": {"a": "b"}}, "metadata"),
+        ("llamacpp", {"parallel_tool_calls": True}, "parallel_tool_calls"),
+        ("ollama", {"logprobs": True}, "logprobs"),
+        ("no-tools", {"tools": [WEATHER]}, "tools"),
+        ("no-tools", {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}}, "response_format"),
+        ("scripted", {"temprature": 0.2}, "temprature"),
+        ("scripted", {"top_k": 3}, "top_k"),
+        ("no-tools", {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}]}, "messages[0].content[0]"),
+    ],
+)  # fmt: skip
+def test_what_a_route_cannot_take_is_refused_before_the_model_naming_field_and_route(platform, scripted, model, body, param):
+    with platform.http() as http:
+        response = http.post("/v1/chat/completions", json={"model": model, "messages": ASK, **body})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["code"], error["param"]) == ("unsupported_parameter", param)
+    assert f"`{model}`" in error["message"]
+    assert scripted.requests == []  # the model was never called
+
+
+def test_provider_extras_pass_when_the_route_allows_them(platform, scripted):
+    with platform.http() as http:
+        response = http.post("/v1/chat/completions", json={"model": "llamacpp", "messages": ASK, "top_k": 3, "min_p": 0.1})
+    assert response.status_code == 200, response.text
+    assert (forwarded(scripted)["top_k"], forwarded(scripted)["min_p"]) == (3, 0.1)
+
+
+def test_tool_calls_come_back_as_openai_sends_them(platform, scripted):
+    client = platform.openai()
+    answer = client.chat.completions.create(model="scripted", messages=ASK, tools=[WEATHER])
+    choice = answer.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    [call] = choice.message.tool_calls
+    assert (call.id, call.type, call.function.name, json.loads(call.function.arguments)) == (
+        "call_1_0", "function", "get_weather", {"city": "Oslo"}
+    )
+    # The tool's result goes back in, with the assistant message that called it.
+    result = client.chat.completions.create(
+        model="scripted",
+        messages=[*ASK, choice.message.model_dump(exclude_none=True), {"role": "tool", "tool_call_id": call.id, "content": "Sunny, 21 C"}],
+        tools=[WEATHER],
+    )
+    assert result.choices[0].message.content == "Tool result: Sunny, 21 C"
+    sent = scripted.requests[-1]["messages"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "tool"]
+    assert sent[1]["tool_calls"][0]["function"]["name"] == "get_weather" and sent[2]["tool_call_id"] == call.id
+
+
+def test_streamed_tool_calls_arrive_as_indexed_argument_deltas(platform):
+    chunks = list(platform.openai().chat.completions.create(model="scripted", messages=ASK, tools=[WEATHER], stream=True))
+    deltas = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
+    assert deltas[0].id == "call_1_0" and deltas[0].function.name == "get_weather"
+    assert {d.index for d in deltas} == {0}
+    assert json.loads("".join(d.function.arguments or "" for d in deltas)) == {"city": "Oslo"}
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
+
+
+def test_structured_output_and_logprobs_pass_through(platform):
+    client = platform.openai()
+    schema = {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}, "required": ["city", "days"]}
+    shaped = client.chat.completions.create(
+        model="scripted", messages=ASK,
+        response_format={"type": "json_schema", "json_schema": {"name": "forecast", "schema": schema, "strict": True}},
+    )  # fmt: skip
+    assert json.loads(shaped.choices[0].message.content) == {"city": "Oslo", "days": 3}
+    scored = client.chat.completions.create(model="scripted", messages=ASK, logprobs=True, top_logprobs=1)
+    tokens = scored.choices[0].logprobs.content
+    assert "".join(t.token for t in tokens) == scored.choices[0].message.content
+    assert {t.logprob for t in tokens} == {-0.5}
+    streamed = list(client.chat.completions.create(model="scripted", messages=ASK, logprobs=True, stream=True))
+    assert "".join(t.token for c in streamed if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content) == (
+        "Scripted reply to: What is the weather in 'Oslo'?"
+    )
+
+
+def test_image_parts_reach_a_route_with_vision(platform, scripted):
+    image = [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]
+    answer = platform.openai().chat.completions.create(model="scripted", messages=[{"role": "user", "content": image}])
+    assert answer.choices[0].message.content == "Scripted reply to: What is this? I saw 1 image(s)."
+    assert forwarded(scripted)["messages"][0]["content"][1]["image_url"]["url"].startswith("data:image/png")
+
+
+def test_n_above_one_is_refused_naming_n(platform):
+    with pytest.raises(openai.BadRequestError) as caught:
+        platform.openai().chat.completions.create(model="scripted", messages=ASK, n=2)
+    assert caught.value.param == "n"
+
+
+# ---------------------------------------------------------------- the local model (llama.cpp)
+
+
+def test_the_local_model_calls_a_forced_tool_and_fills_a_json_schema(server):
+    client = server.openai()
+    forced = {"type": "function", "function": {"name": "get_weather"}}
+    called = client.chat.completions.create(
+        model="gemma-3-270m", messages=ASK, tools=[WEATHER], tool_choice=forced, temperature=0, seed=1
+    )
+    [call] = called.choices[0].message.tool_calls
+    assert call.function.name == "get_weather" and set(json.loads(call.function.arguments)) == {"city"}
+    schema = {"type": "object", "properties": {"capital": {"type": "string"}}, "required": ["capital"]}
+    shaped = client.chat.completions.create(
+        model="gemma-3-270m",
+        messages=[{"role": "user", "content": "The capital of France, as JSON."}],
+        response_format={"type": "json_schema", "json_schema": {"name": "capital", "schema": schema}},
+        temperature=0, seed=1, max_tokens=40,
+    )  # fmt: skip
+    assert set(json.loads(shaped.choices[0].message.content)) == {"capital"}  # grammar-constrained by llama.cpp
+    scored = client.chat.completions.create(
+        model="gemma-3-270m", messages=ASK, logprobs=True, top_logprobs=2, temperature=0, seed=1, max_tokens=4
+    )
+    assert all(len(t.top_logprobs) == 2 for t in scored.choices[0].logprobs.content)
