@@ -30,6 +30,8 @@ OPENAI_ONLY_FIELDS = frozenset(
     }
 )  # fmt: skip
 FORWARDED_FIELDS = COMMON_FIELDS | TOOL_FIELDS | OPENAI_ONLY_FIELDS | {"response_format"}
+# OpenAI's deprecated function-calling fields, and what replaces them.
+DEPRECATED_FIELDS = {"functions": "tools", "function_call": "tool_choice"}
 # Parameters the platform itself applies (capped by the route) before it forwards them.
 PLATFORM_FIELDS = frozenset({"max_tokens"})
 
@@ -143,6 +145,10 @@ def check_request(
     for name in params:
         if name in PLATFORM_FIELDS:
             continue
+        if name in DEPRECATED_FIELDS:
+            raise InvalidRequest(
+                f"`{name}` is deprecated: use `{DEPRECATED_FIELDS[name]}`.", param=name, code="unsupported_parameter"
+            )
         if name in FORWARDED_FIELDS and name not in features.fields:
             refuse(name, f"the parameter `{name}`")
         if name not in FORWARDED_FIELDS and name not in features.extra_params:

@@ -14,7 +14,7 @@ import orjson
 from langchain_core.messages import BaseMessage
 from redis.asyncio import Redis
 
-from storage.message_records import from_record, to_record
+from storage.message_records import from_record, row_record, to_record
 from storage.transcripts import ConversationStore
 
 
@@ -37,7 +37,7 @@ class SqlMemory:
 
     async def load(self, conversation_id: str) -> list[BaseMessage]:
         rows = await self.store.messages(conversation_id, limit=self.max_messages)
-        return [from_record(row.role, row.content) for row in rows]
+        return [from_record(**row_record(row)) for row in rows]
 
     async def append(self, conversation_id: str, messages: Sequence[BaseMessage], total: int) -> None:
         return None  # the store already holds them
@@ -115,9 +115,9 @@ class RedisMemory:
             return [from_record(**orjson.loads(item)) for item in raw]
         rows = await self.store.messages(conversation_id, limit=self.max_messages)
         if rows:
-            records = [orjson.dumps({"role": row.role, "content": row.content}) for row in rows]
+            records = [orjson.dumps(row_record(row)) for row in rows]
             await self._rebuild(keys=[key, self.stale_key(conversation_id)], args=[self.ttl_seconds, *records])
-        return [from_record(row.role, row.content) for row in rows]
+        return [from_record(**row_record(row)) for row in rows]
 
     async def append(self, conversation_id: str, messages: Sequence[BaseMessage], total: int) -> None:
         if not messages:

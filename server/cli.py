@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import os
 import shutil
 import signal
@@ -101,10 +102,26 @@ def _table(rows: list[list[object]], header: list[str]) -> None:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
 
 
+def _budget(value: str) -> float:
+    """A monthly budget: a finite number, 0 or more (what the admin API accepts)."""
+    try:
+        budget = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not math.isfinite(budget) or not 0 <= budget <= 1e12:
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1e12: {value!r}")
+    return budget
+
+
+def _limits(args: argparse.Namespace) -> dict:
+    """The limits an app or a key is created with: --rpm, --tpm, --budget."""
+    return {"rpm": args.rpm, "tpm": args.tpm, "monthly_budget": args.budget}
+
+
 def apps_create(args: argparse.Namespace) -> int:
     async def action(services):
         return await services.tenants.create_app(
-            args.name, system_prompt=args.system_prompt, allowed_models=args.models, rpm=args.rpm, tpm=args.tpm
+            args.name, system_prompt=args.system_prompt, allowed_models=args.models, **_limits(args)
         )
 
     app = asyncio.run(_with_services(Settings(), action))
@@ -115,8 +132,11 @@ def apps_create(args: argparse.Namespace) -> int:
 def apps_list(args: argparse.Namespace) -> int:
     apps = asyncio.run(_with_services(Settings(), lambda services: services.tenants.list_apps()))
     _table(
-        [[a.name, a.id, ",".join(a.allowed_models) if a.allowed_models else "all", a.rpm, a.tpm] for a in apps],
-        ["NAME", "ID", "MODELS", "RPM", "TPM"],
+        [
+            [a.name, a.id, ",".join(a.allowed_models) if a.allowed_models else "all", a.rpm, a.tpm, a.monthly_budget]
+            for a in apps
+        ],
+        ["NAME", "ID", "MODELS", "RPM", "TPM", "BUDGET"],
     )
     return 0
 
@@ -124,7 +144,7 @@ def apps_list(args: argparse.Namespace) -> int:
 def keys_create(args: argparse.Namespace) -> int:
     async def action(services):
         return await services.tenants.create_key(
-            args.app, name=args.name, rpm=args.rpm, tpm=args.tpm, expires_in_days=args.expires
+            args.app, name=args.name, expires_in_days=args.expires, **_limits(args)
         )
 
     created = asyncio.run(_with_services(Settings(), action))
@@ -143,12 +163,13 @@ def keys_list(args: argparse.Namespace) -> int:
                 k.name,
                 k.rpm,
                 k.tpm,
+                k.monthly_budget,
                 k.expires_at,
                 "revoked" if k.revoked_at else "active",
             ]
             for k, app in keys
         ],
-        ["PREFIX", "APP", "NAME", "RPM", "TPM", "EXPIRES_AT", "STATE"],
+        ["PREFIX", "APP", "NAME", "RPM", "TPM", "BUDGET", "EXPIRES_AT", "STATE"],
     )
     return 0
 
@@ -205,6 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--models", nargs="+", help="model routes the app may use (default: all)")
     create.add_argument("--rpm", type=int, help="default requests per minute of its keys")
     create.add_argument("--tpm", type=int, help="default tokens per minute of its keys")
+    create.add_argument(
+        "--budget", type=_budget, metavar="AMOUNT", help="monthly budget (UTC months), shared by all its keys"
+    )
     create.set_defaults(handler=apps_create)
     apps.add_parser("list", help="list apps").set_defaults(handler=apps_list)
 
@@ -222,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--name")
     create.add_argument("--rpm", type=int, help="requests per minute (default: the app's)")
     create.add_argument("--tpm", type=int, help="tokens per minute (default: the app's)")
+    create.add_argument(
+        "--budget", type=_budget, metavar="AMOUNT", help="the key's own monthly budget, checked besides its app's"
+    )
     create.add_argument("--expires", type=float, metavar="DAYS", help="expire after this many days")
     create.set_defaults(handler=keys_create)
     listing = keys.add_parser("list", help="list keys (prefixes only)")

@@ -28,7 +28,8 @@ ERROR_STATUSES = {
     "403": "The key may not use this route",
     "404": "Not found, or not yours",
     "413": "Request body too large",
-    "429": "Rate limit reached",
+    "429": "Rate limit reached, or a monthly budget spent (insufficient_quota)",
+    "503": "A dependency is down (the model server, Redis for limits and budgets)",
 }
 # One server-sent event: its `data` is a JSON chunk (or `[DONE]`), `event` names LangServe's kinds.
 SSE_EVENT_SCHEMA = {

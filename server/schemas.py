@@ -1,83 +1,12 @@
-"""Request bodies of the OpenAI-compatible routes, validated as strictly as OpenAI does, and every JSON response."""
+"""Request bodies of the platform's own routes, and every JSON response (the chat request is in chat_request.py)."""
 
 from __future__ import annotations
 
 from typing import Any, Generic, Literal, Self, TypeVar
 
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from storage.usage_reports import GroupBy
-
-
-class TextPart(BaseModel):
-    type: Literal["text"]
-    text: StrictStr
-
-
-class ChatMessageIn(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    role: Literal["system", "developer", "user", "assistant"]
-    content: StrictStr | list[TextPart]
-    name: StrictStr | None = None
-
-    def text(self) -> str:
-        if isinstance(self.content, str):
-            return self.content
-        return "".join(part.text for part in self.content)
-
-    def to_message(self) -> BaseMessage:
-        if self.role in ("system", "developer"):
-            return SystemMessage(content=self.text())
-        if self.role == "user":
-            return HumanMessage(content=self.text())
-        return AIMessage(content=self.text())
-
-
-class StreamOptions(BaseModel):
-    include_usage: bool = False
-
-
-class ChatCompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    model: StrictStr | None = Field(None, description="a route name from /v1/models; the default route when omitted")
-    messages: list[ChatMessageIn] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, ge=0, le=1)
-    n: int = Field(1, ge=1, le=128)
-    stop: StrictStr | list[StrictStr] | None = None
-    presence_penalty: float | None = Field(None, ge=-2, le=2)
-    frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    seed: int | None = None
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    user: StrictStr | None = Field(None, max_length=256)
-    conversation_id: StrictStr | None = Field(
-        None, min_length=1, max_length=64, description='server-side memory: an id, or "new" to start one'
-    )
-
-    @field_validator("stop")
-    @classmethod
-    def _at_most_four_stops(cls, value: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(value, list) and len(value) > 4:
-            raise ValueError("at most 4 stop sequences are allowed")
-        return value
-
-    def generation_params(self) -> dict[str, Any]:
-        stop = [self.stop] if isinstance(self.stop, str) else self.stop
-        return {
-            "max_tokens": self.max_completion_tokens or self.max_tokens,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "stop": stop,
-            "presence_penalty": self.presence_penalty,
-            "frequency_penalty": self.frequency_penalty,
-            "seed": self.seed,
-        }
 
 
 class ConversationCreate(BaseModel):
@@ -98,19 +27,24 @@ class Usage(BaseModel):
 
     @classmethod
     def of(cls, prompt_tokens: int, completion_tokens: int) -> Usage:
-        return cls(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens)
+        return cls(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+        )
 
 
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None
     refusal: str | None = None
+    tool_calls: list[dict[str, Any]] | None = Field(None, description="the tools the model called, in OpenAI's shape")
 
 
 class Choice(BaseModel):
     index: int
     message: AssistantMessage
-    logprobs: None = None
+    logprobs: dict[str, Any] | None = None
     finish_reason: Literal["stop", "length", "content_filter", "tool_calls"]
 
 
@@ -154,6 +88,13 @@ class Model(ResponseBody):
     object: Literal["model"] = "model"
     created: int
     owned_by: str
+    provider: str = Field(description="what serves it: openai, vllm, llama.cpp, ollama or openai-compatible")
+    context_window: int = Field(description="tokens of prompt and answer together")
+    max_output_tokens: int = Field(description="the most `max_tokens` a request gets")
+    features: dict[str, Any] = Field(
+        description="tools, json_object, json_schema, vision, files, audio, logprobs (true or false), and the "
+        "provider-specific `extra_params` a request may send"
+    )
 
 
 class ModelList(ObjectList[Model]):
@@ -202,10 +143,22 @@ class ConversationAssistantMessage(ConversationMessage):
     finish_reason: str | None
     usage: MessageUsage
     latency_ms: float | None
+    tool_calls: list[dict[str, Any]] | None = Field(
+        description='the tools it called, in OpenAI\'s shape ({"id", "type", "function": {"name", "arguments"}})'
+    )
+
+
+class ConversationToolMessage(ConversationMessage):
+    """A tool's result, answering one of the assistant's tool calls."""
+
+    role: Literal["tool"] = "tool"
+    tool_call_id: str | None = Field(description="the tool call it answers")
 
 
 class ConversationWithMessages(Conversation):
-    messages: list[ConversationAssistantMessage | ConversationMessage] = Field(description="oldest first")
+    messages: list[ConversationAssistantMessage | ConversationToolMessage | ConversationMessage] = Field(
+        description="oldest first"
+    )
 
 
 class ConversationDeleted(ResponseBody):
@@ -222,6 +175,7 @@ class UsageGroup(ResponseBody):
     total_tokens: int
     cached_requests: int
     failed_requests: int
+    cost: float = Field(description="the sum of the requests' costs at their routes' prices (failures cost 0)")
 
 
 class UsageReport(ResponseBody):
@@ -242,6 +196,9 @@ class App(ResponseBody):
     allowed_models: list[str] | None = Field(description="route names; null for every route")
     rpm: int | None = Field(description="default requests per minute for the app's keys")
     tpm: int | None = Field(description="default tokens per minute for the app's keys")
+    monthly_budget: float | None = Field(
+        description="spending limit per calendar month (UTC), shared by all the app's keys; null for none"
+    )
     created_at: int
 
 
@@ -258,6 +215,9 @@ class ApiKey(ResponseBody):
     admin: bool
     rpm: int | None = Field(description="requests per minute; the app's default when null")
     tpm: int | None = Field(description="tokens per minute; the app's default when null")
+    monthly_budget: float | None = Field(
+        description="the key's own spending limit per calendar month (UTC), checked besides its app's; null for none"
+    )
     created_at: int
     expires_at: int | None
     revoked_at: int | None

@@ -91,6 +91,7 @@ class Services:
 
     async def close(self) -> None:
         await self.chat.drain()
+        await self.limiter.aclose()
         if self.redis is not None:
             await self.redis.aclose()
         await self.db.close()

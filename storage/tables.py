@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Integer, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -32,6 +32,8 @@ class App(Base):
     allowed_models: Mapped[list[str] | None] = mapped_column(JSON)
     rpm: Mapped[int | None] = mapped_column(Integer)
     tpm: Mapped[int | None] = mapped_column(Integer)
+    # Spending limit per calendar month (UTC) in currency units, shared by all the app's keys; None: no limit.
+    monthly_budget: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[int] = mapped_column(Integer, default=now)
 
 
@@ -48,6 +50,8 @@ class ApiKey(Base):
     hash: Mapped[str] = mapped_column(String(64), unique=True)
     rpm: Mapped[int | None] = mapped_column(Integer)
     tpm: Mapped[int | None] = mapped_column(Integer)
+    # The key's own monthly budget, checked in addition to its app's; None: only the app's applies.
+    monthly_budget: Mapped[float | None] = mapped_column(Float)
     expires_at: Mapped[int | None] = mapped_column(Integer)
     revoked_at: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[int] = mapped_column(Integer, default=now)
@@ -80,6 +84,9 @@ class Message(Base):
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
     latency_ms: Mapped[float | None] = mapped_column(Float)
     finish_reason: Mapped[str | None] = mapped_column(String(32))
+    # An assistant's tool calls ([{"name", "args", "id"}]) and the call a tool message answers (migration 0003).
+    tool_calls: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    tool_call_id: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[int] = mapped_column(Integer, default=now)
 
 
@@ -100,3 +107,5 @@ class Usage(Base):
     stream: Mapped[bool] = mapped_column(Boolean, default=False)
     cached: Mapped[bool] = mapped_column(Boolean, default=False)
     status: Mapped[str] = mapped_column(String(32), default="ok")
+    # What the request cost at its route's prices (currency units); 0 for failures and unpriced routes.
+    cost: Mapped[float] = mapped_column(Float, default=0.0, server_default=text("0"))

@@ -47,6 +47,9 @@ class Caller:
     rpm: int | None = None
     tpm: int | None = None
     expires_at: int | None = None
+    # Monthly budgets (currency units, calendar month in UTC); both apply when both are set.
+    app_budget: float | None = None  # shared by all the app's keys
+    key_budget: float | None = None  # this key's own
 
     def may_use(self, model: str) -> bool:
         return self.allowed_models is None or model in self.allowed_models
@@ -72,6 +75,7 @@ class TenantStore:
         allowed_models: list[str] | None = None,
         rpm: int | None = None,
         tpm: int | None = None,
+        monthly_budget: float | None = None,
     ) -> App:
         app = App(
             id=f"app_{uuid.uuid4().hex[:16]}",
@@ -80,6 +84,7 @@ class TenantStore:
             allowed_models=allowed_models,
             rpm=rpm,
             tpm=tpm,
+            monthly_budget=monthly_budget,
             created_at=now(),
         )
         try:
@@ -117,6 +122,7 @@ class TenantStore:
         name: str | None = None,
         rpm: int | None = None,
         tpm: int | None = None,
+        monthly_budget: float | None = None,
         expires_in_days: float | None = None,
         is_admin: bool = False,
         secret: str | None = None,
@@ -136,6 +142,7 @@ class TenantStore:
             hash=hash_key(secret),
             rpm=rpm,
             tpm=tpm,
+            monthly_budget=monthly_budget,
             # Rounded up to whole seconds: a key lives at least as long as asked.
             expires_at=math.ceil(moment + expires_in_days * 86400) if expires_in_days else None,
             created_at=int(moment),
@@ -217,4 +224,6 @@ class TenantStore:
             rpm=key.rpm if key.rpm is not None else (app.rpm if app else None),
             tpm=key.tpm if key.tpm is not None else (app.tpm if app else None),
             expires_at=key.expires_at,
+            app_budget=app.monthly_budget if app else None,
+            key_budget=key.monthly_budget,
         )

@@ -18,7 +18,7 @@ from sqlalchemy import delete, func, insert, select, update
 
 from errors import APIError, NotFound
 from storage.engine import Database
-from storage.message_records import message_role
+from storage.message_records import to_record
 from storage.tables import Conversation, Message, Usage, now
 
 
@@ -43,13 +43,13 @@ class TurnRecord:
     user: str | None = None
     new_messages: Sequence[BaseMessage] = ()
     answer: str = ""
+    answer_tool_calls: list[dict[str, Any]] | None = None  # [{"name", "args", "id"}]
     finish_reason: str | None = None
     stream: bool = False
     status: str = "ok"
     key_prefix: str | None = None
     cached: bool = False
-    cost: float = 0.0  # at the route's prices
-
+    cost: float = 0.0  # at the route's prices; a failure costs nothing
 
     @classmethod
     def failure(
@@ -93,10 +93,18 @@ def _visible(owner_app: str, owner_user: str | None, app_id: str, user: str | No
 
 def _message_row(conversation_id: str, role: str, content: str, stamp: int, **fields: Any) -> dict[str, Any]:
     row = dict.fromkeys(
-        ("response_id", "model", "prompt_tokens", "completion_tokens", "latency_ms", "finish_reason")
-    )
+        (
+            "response_id", "model", "prompt_tokens", "completion_tokens", "latency_ms", "finish_reason",
+            "tool_calls", "tool_call_id",
+        )
+    )  # fmt: skip
     row.update(conversation_id=conversation_id, role=role, content=content, created_at=stamp, **fields)
     return row
+
+
+def _client_message_row(conversation_id: str, message: BaseMessage, stamp: int) -> dict[str, Any]:
+    record = to_record(message)
+    return _message_row(conversation_id, record.pop("role"), record.pop("content"), stamp, **record)
 
 
 def _title_from(messages: Sequence[BaseMessage]) -> str | None:
@@ -117,7 +125,13 @@ class ConversationStore:
         metadata: dict[str, Any] | None = None,
     ) -> Conversation:
         conversation = Conversation(
-            id=new_conversation_id(), app_id=app_id, title=title, user=user, meta=metadata or {}, created_at=now(), updated_at=now()
+            id=new_conversation_id(),
+            app_id=app_id,
+            title=title,
+            user=user,
+            meta=metadata or {},
+            created_at=now(),
+            updated_at=now(),
         )
         async with self.db.session() as session, session.begin():
             session.add(conversation)
@@ -213,10 +227,7 @@ class ConversationStore:
                     .values(updated_at=stamp)
                 )
                 if result.rowcount > 0:
-                    rows = [
-                        _message_row(turn.conversation_id, message_role(message), message.text, stamp)
-                        for message in turn.new_messages
-                    ]
+                    rows = [_client_message_row(turn.conversation_id, message, stamp) for message in turn.new_messages]
                     rows.append(
                         _message_row(
                             turn.conversation_id,
@@ -229,6 +240,7 @@ class ConversationStore:
                             completion_tokens=turn.completion_tokens,
                             latency_ms=turn.latency_ms,
                             finish_reason=turn.finish_reason,
+                            tool_calls=turn.answer_tool_calls,
                         )
                     )
                     await conn.execute(insert(Message), rows)
@@ -250,6 +262,7 @@ class ConversationStore:
                     latency_ms=turn.latency_ms,
                     stream=turn.stream,
                     status=turn.status,
+                    cost=turn.cost,
                 )
             )
         return total

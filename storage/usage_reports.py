@@ -1,11 +1,11 @@
-"""Usage reports: the usage table summed by day, model, key or app."""
+"""Usage reports: the usage table (requests, tokens and cost) summed by day, model, key or app."""
 
 from __future__ import annotations
 
 import datetime as dt
 from typing import Literal
 
-from sqlalchemy import Integer, case, cast, func, select
+from sqlalchemy import Float, Integer, case, cast, func, select
 
 from storage.engine import Database
 from storage.tables import Usage
@@ -31,6 +31,8 @@ async def usage_summary(
             func.coalesce(func.sum(Usage.completion_tokens), 0).label("completion_tokens"),
             func.coalesce(func.sum(case((Usage.cached, 1), else_=0)), 0).label("cached_requests"),
             func.coalesce(func.sum(case((Usage.status != "ok", 1), else_=0)), 0).label("failed_requests"),
+            # A sum of doubles, kept a double (no numeric/decimal cast that would round it).
+            func.coalesce(func.sum(Usage.cost), cast(0, Float)).label("cost"),
         )
         .where(Usage.created_at >= start, Usage.created_at < end)
         .group_by(group)
@@ -49,6 +51,7 @@ async def usage_summary(
             "total_tokens": int(row.prompt_tokens) + int(row.completion_tokens),
             "cached_requests": int(row.cached_requests),
             "failed_requests": int(row.failed_requests),
+            "cost": float(row.cost),
         }
         for row in rows
     ]

@@ -40,7 +40,9 @@ def platform(live_server, scripted):
             scripted_route("scripted", scripted),
             ModelRoute(name="llamacpp", base_url=scripted, provider="llama.cpp", max_retries=0),
             ModelRoute(name="ollama", base_url=scripted, provider="ollama", max_retries=0),
-            ModelRoute(name="no-tools", base_url=scripted, max_retries=0, features={"tools": False, "json_schema": False}),
+            ModelRoute(
+                name="no-tools", base_url=scripted, max_retries=0, features={"tools": False, "json_schema": False}
+            ),
         ]
     )
 
@@ -91,22 +93,27 @@ def test_each_field_reaches_an_openai_route_as_sent(platform, scripted, field):
         ("no-tools", {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}}, "response_format"),
         ("scripted", {"temprature": 0.2}, "temprature"),
         ("scripted", {"top_k": 3}, "top_k"),
+        ("scripted", {"functions": [WEATHER["function"]]}, "functions"),
         ("no-tools", {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}]}, "messages[0].content[0]"),
     ],
 )  # fmt: skip
-def test_what_a_route_cannot_take_is_refused_before_the_model_naming_field_and_route(platform, scripted, model, body, param):
+def test_what_a_route_cannot_take_is_refused_before_the_model_naming_field_and_route(
+    platform, scripted, model, body, param
+):
     with platform.http() as http:
         response = http.post("/v1/chat/completions", json={"model": model, "messages": ASK, **body})
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert (error["code"], error["param"]) == ("unsupported_parameter", param)
-    assert f"`{model}`" in error["message"]
+    assert f"`{model}`" in error["message"] or param == "functions"
     assert scripted.requests == []  # the model was never called
 
 
 def test_provider_extras_pass_when_the_route_allows_them(platform, scripted):
     with platform.http() as http:
-        response = http.post("/v1/chat/completions", json={"model": "llamacpp", "messages": ASK, "top_k": 3, "min_p": 0.1})
+        response = http.post(
+            "/v1/chat/completions", json={"model": "llamacpp", "messages": ASK, "top_k": 3, "min_p": 0.1}
+        )
     assert response.status_code == 200, response.text
     assert (forwarded(scripted)["top_k"], forwarded(scripted)["min_p"]) == (3, 0.1)
 
@@ -118,12 +125,19 @@ def test_tool_calls_come_back_as_openai_sends_them(platform, scripted):
     assert choice.finish_reason == "tool_calls" and choice.message.content is None
     [call] = choice.message.tool_calls
     assert (call.id, call.type, call.function.name, json.loads(call.function.arguments)) == (
-        "call_1_0", "function", "get_weather", {"city": "Oslo"}
+        "call_1_0",
+        "function",
+        "get_weather",
+        {"city": "Oslo"},
     )
     # The tool's result goes back in, with the assistant message that called it.
     result = client.chat.completions.create(
         model="scripted",
-        messages=[*ASK, choice.message.model_dump(exclude_none=True), {"role": "tool", "tool_call_id": call.id, "content": "Sunny, 21 C"}],
+        messages=[
+            *ASK,
+            choice.message.model_dump(exclude_none=True),
+            {"role": "tool", "tool_call_id": call.id, "content": "Sunny, 21 C"},
+        ],
         tools=[WEATHER],
     )
     assert result.choices[0].message.content == "Tool result: Sunny, 21 C"
@@ -133,7 +147,9 @@ def test_tool_calls_come_back_as_openai_sends_them(platform, scripted):
 
 
 def test_streamed_tool_calls_arrive_as_indexed_argument_deltas(platform):
-    chunks = list(platform.openai().chat.completions.create(model="scripted", messages=ASK, tools=[WEATHER], stream=True))
+    chunks = list(
+        platform.openai().chat.completions.create(model="scripted", messages=ASK, tools=[WEATHER], stream=True)
+    )
     deltas = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
     assert deltas[0].id == "call_1_0" and deltas[0].function.name == "get_weather"
     assert {d.index for d in deltas} == {0}
@@ -143,7 +159,11 @@ def test_streamed_tool_calls_arrive_as_indexed_argument_deltas(platform):
 
 def test_structured_output_and_logprobs_pass_through(platform):
     client = platform.openai()
-    schema = {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}, "required": ["city", "days"]}
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+        "required": ["city", "days"],
+    }
     shaped = client.chat.completions.create(
         model="scripted", messages=ASK,
         response_format={"type": "json_schema", "json_schema": {"name": "forecast", "schema": schema, "strict": True}},
@@ -154,13 +174,16 @@ def test_structured_output_and_logprobs_pass_through(platform):
     assert "".join(t.token for t in tokens) == scored.choices[0].message.content
     assert {t.logprob for t in tokens} == {-0.5}
     streamed = list(client.chat.completions.create(model="scripted", messages=ASK, logprobs=True, stream=True))
-    assert "".join(t.token for c in streamed if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content) == (
-        "Scripted reply to: What is the weather in 'Oslo'?"
-    )
+    assert "".join(
+        t.token for c in streamed if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content
+    ) == ("Scripted reply to: What is the weather in 'Oslo'?")
 
 
 def test_image_parts_reach_a_route_with_vision(platform, scripted):
-    image = [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]
+    image = [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+    ]
     answer = platform.openai().chat.completions.create(model="scripted", messages=[{"role": "user", "content": image}])
     assert answer.choices[0].message.content == "Scripted reply to: What is this? I saw 1 image(s)."
     assert forwarded(scripted)["messages"][0]["content"][1]["image_url"]["url"].startswith("data:image/png")
@@ -195,3 +218,40 @@ def test_the_local_model_calls_a_forced_tool_and_fills_a_json_schema(server):
         model="gemma-3-270m", messages=ASK, logprobs=True, top_logprobs=2, temperature=0, seed=1, max_tokens=4
     )
     assert all(len(t.top_logprobs) == 2 for t in scored.choices[0].logprobs.content)
+
+
+def test_a_routes_features_are_shown_by_the_models_api(platform):
+    with platform.http() as http:
+        llamacpp = http.get("/v1/models/llamacpp").json()
+        narrow = http.get("/v1/models/no-tools").json()
+    assert (llamacpp["provider"], llamacpp["features"]["extra_params"]) == (
+        "llama.cpp",
+        ["min_p", "repeat_penalty", "top_k"],
+    )
+    assert llamacpp["features"]["vision"] is False and llamacpp["features"]["json_schema"] is True
+    assert (narrow["features"]["tools"], narrow["features"]["json_schema"], narrow["features"]["json_object"]) == (
+        False,
+        False,
+        True,
+    )
+
+
+def test_langserve_takes_tool_messages_and_ai_tool_calls(platform, scripted):
+    loop = [
+        {"type": "human", "content": "What is the weather in 'Oslo'?"},
+        {"type": "ai", "content": "", "tool_calls": [{"name": "get_weather", "args": {"city": "Oslo"}, "id": "call_1_0"}]},
+        {"type": "tool", "content": "Sunny, 21 C", "tool_call_id": "call_1_0"},
+    ]
+    with platform.http() as http:
+        response = http.post("/chat/invoke", json={"input": {"messages": loop}}, headers={"X-Model": "scripted"})
+        assert response.status_code == 200, response.text
+        assert response.json()["output"]["content"] == "Tool result: Sunny, 21 C"
+        bad = http.post(
+            "/chat/invoke",
+            json={"input": {"messages": [*loop[:2], {"type": "tool", "content": "x"}]}},
+            headers={"X-Model": "scripted"},
+        )
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "input.messages[2].tool_call_id"
+    sent = forwarded(scripted)["messages"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "tool"]
+    assert sent[1]["tool_calls"][0]["function"] == {"name": "get_weather", "arguments": '{"city": "Oslo"}'}

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 
 from storage import Database
-from storage.migrations import head
+from storage.migrations import BASELINE, alembic_config, head
 from storage.tables import Base
 from tests.conftest import ADMIN_KEY, ROOT, genai_serve
 from tests.postgres import fresh_postgres_database
@@ -75,9 +76,9 @@ def test_an_empty_database_is_upgraded_to_a_schema_equal_to_the_models(empty_url
 
 def test_a_database_made_before_migrations_is_stamped_then_upgraded_with_its_rows(empty_url):
     async def check(db: Database):
-        # What `create_all` made before migrations existed: the baseline tables, no alembic_version.
+        # What `create_all` made before migrations existed: the baseline's tables (revision 0001), no alembic_version.
         async with db.engine.begin() as conn:
-            await conn.run_sync(Base.metadata.create_all)
+            await conn.run_sync(_baseline_without_version)
             await conn.execute(text("INSERT INTO apps (id, name, created_at) VALUES ('app_old', 'old-app', 1)"))
         assert await db.schema_revision() is None
         assert await db.upgrade_schema() == head()
@@ -86,6 +87,13 @@ def test_a_database_made_before_migrations_is_stamped_then_upgraded_with_its_row
         assert await schema_differences(db) == []
 
     asyncio.run(run(check)(empty_url))
+
+
+def _baseline_without_version(conn) -> None:
+    config = alembic_config()
+    config.attributes["connection"] = conn
+    command.upgrade(config, BASELINE)
+    conn.execute(text("DROP TABLE alembic_version"))
 
 
 def test_many_upgrades_at_once_on_an_empty_database_all_succeed(empty_url):

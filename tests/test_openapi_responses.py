@@ -143,7 +143,14 @@ def test_assistant_messages_carry_their_response():
         "finish_reason": "stop",
         "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
         "latency_ms": 12.5,
+        "tool_calls": None,
     }
+    # One that called a tool shows the call in OpenAI's shape; the tool's answer names the call.
+    called = _message("assistant", tool_calls=[{"name": "get_weather", "args": {"city": "Oslo"}, "id": "call_1"}])
+    assert called["tool_calls"] == [
+        {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'}}
+    ]
+    assert _message("tool", tool_call_id="call_1")["tool_call_id"] == "call_1"
     # An assistant message the client sent: its response fields are explicit nulls, not missing.
     sent = _message("assistant")
     assert sent["response_id"] is None and sent["latency_ms"] is None

@@ -18,6 +18,7 @@ from chains.route_features import check_request, content_kinds
 from errors import ContextLengthExceeded, InvalidRequest
 from graphs.chat.context import ChatContext
 from graphs.chat.state import ChatState
+from storage.message_records import tool_calls_of
 from storage.transcripts import TurnRecord, new_conversation_id
 
 
@@ -188,6 +189,7 @@ async def persist(state: ChatState, runtime: Runtime[ChatContext]) -> dict[str, 
             user=state.get("user"),
             new_messages=state["messages"],
             answer=state["answer"].text,
+            answer_tool_calls=tool_calls_of(state["answer"]),
             finish_reason=state["finish_reason"],
             stream=bool(state.get("stream")),
             cost=state.get("cost", 0.0),

@@ -50,28 +50,42 @@ class _Instruments:
 def _instruments(registry: CollectorRegistry | None) -> _Instruments:
     return _Instruments(
         requests=Counter(
-            "genai_http_requests", "HTTP requests by method, route template and status.",
-            ["method", "route", "status"], registry=registry,
+            "genai_http_requests",
+            "HTTP requests by method, route template and status.",
+            ["method", "route", "status"],
+            registry=registry,
         ),
         duration=Histogram(
-            "genai_http_request_duration_seconds", "HTTP request duration (streams: until the last byte).",
-            ["method", "route"], buckets=HTTP_BUCKETS, registry=registry,
+            "genai_http_request_duration_seconds",
+            "HTTP request duration (streams: until the last byte).",
+            ["method", "route"],
+            buckets=HTTP_BUCKETS,
+            registry=registry,
         ),
         ttft=Histogram(
-            "genai_time_to_first_token_seconds", "Streaming chat: time from the request to the first content token.",
-            ["model"], buckets=TTFT_BUCKETS, registry=registry,
+            "genai_time_to_first_token_seconds",
+            "Streaming chat: time from the request to the first content token.",
+            ["model"],
+            buckets=TTFT_BUCKETS,
+            registry=registry,
         ),
         tokens=Counter(
-            "genai_tokens", "Tokens by model and direction (prompt or completion).",
-            ["model", "direction"], registry=registry,
+            "genai_tokens",
+            "Tokens by model and direction (prompt or completion).",
+            ["model", "direction"],
+            registry=registry,
         ),
         rate_limited=Counter(
-            "genai_rate_limited", "Requests rejected by a rate limit, by limit (requests or tokens).",
-            ["limit"], registry=registry,
+            "genai_rate_limited",
+            "Requests rejected by a rate limit or a budget, by limit (requests, tokens or budget).",
+            ["limit"],
+            registry=registry,
         ),
         model_errors=Counter(
-            "genai_model_errors", "Chat calls that failed on the model's side (status >= 500), by model and code.",
-            ["model", "code"], registry=registry,
+            "genai_model_errors",
+            "Chat calls that failed on the model's side (status >= 500), by model and code.",
+            ["model", "code"],
+            registry=registry,
         ),
     )
 
@@ -114,8 +128,8 @@ class Metrics:
             self._m.tokens.labels(model, "completion").inc(completion)
 
     def rate_limited(self, limit: str) -> None:
-        """``limit`` is ``requests`` or ``tokens``."""
-        self._m.rate_limited.labels(limit if limit in ("requests", "tokens") else "requests").inc()
+        """``limit`` is ``requests``, ``tokens`` or ``budget`` (a monthly budget spent)."""
+        self._m.rate_limited.labels(limit if limit in ("requests", "tokens", "budget") else "requests").inc()
 
     def model_error(self, model: str, code: str | None) -> None:
         self._m.model_errors.labels(model, code or "unknown").inc()

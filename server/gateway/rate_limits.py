@@ -1,13 +1,18 @@
-"""Per-key rate limits: requests and tokens per minute, sliding window.
+"""Per-key rate limits (requests and tokens per minute, sliding window) and monthly budgets per app and key.
 
-The algorithm and its storage come from the ``limits`` library: Redis when
-``GENAI_REDIS_URL`` is set (every worker and replica shares one budget), in
-process otherwise. Token limits are checked before a request (is any budget
-left?) and charged after it with the tokens really used, as OpenAI does.
+The rate limits' algorithm and storage come from the ``limits`` library; budgets
+are plain counters of what each app and key spent this calendar month (UTC).
+Both live in Redis when ``GENAI_REDIS_URL`` is set (every worker and replica
+shares them), in process otherwise. Token limits and budgets are checked before
+a request (is any left?) and charged after it with what it really used, as
+OpenAI does. When Redis cannot be reached, admission answers 503: no request
+goes through unchecked.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
 import math
 import time
 
@@ -15,11 +20,16 @@ from fastapi import Request
 from limits import RateLimitItemPerMinute
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from limits.errors import StorageError
 from limits.util import WindowStats
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from errors import RateLimited
+from errors import RateLimited, ServiceUnavailable
 from storage.tenants import Caller
+
+log = logging.getLogger(__name__)
 
 HEADERS_STATE_KEY = "ratelimit_headers"
 
@@ -41,6 +51,74 @@ def _reset_in(stats: WindowStats, limit: int) -> float:
     return max(reset, 0.0)
 
 
+BUDGET_TTL_SECONDS = 35 * 86400  # a month's counters outlive the month, then Redis drops them
+CHAT_PATHS = ("/v1/chat/completions", "/chat/")  # POSTs here cost money; budgets refuse only these
+
+
+def _month_of(moment: dt.datetime) -> str:
+    return f"{moment.year:04d}-{moment.month:02d}"
+
+
+def _next_month(moment: dt.datetime) -> dt.datetime:
+    """When a month's budgets reset: the first of the next month, 00:00 UTC."""
+    year, month = divmod(moment.year * 12 + moment.month, 12)
+    return dt.datetime(year, month + 1, 1, tzinfo=dt.UTC)
+
+
+def _amount(value: float) -> str:
+    """A sum of money for a message: "0.25", "1000", "0.000125" (no exponent, no trailing zeros)."""
+    return f"{value:.6f}".rstrip("0").rstrip(".")
+
+
+def _spends(request: Request) -> bool:
+    """A chat request (/v1/chat/completions, LangServe's /chat): the only kind a budget refuses, so that a key
+    whose budget is spent can still list models and read its usage."""
+    return request.method == "POST" and request.scope.get("path", "").startswith(CHAT_PATHS)
+
+
+class BudgetCounters:
+    """What each app and key spent in a calendar month (UTC): one Redis counter per app or key and month
+    (``INCRBYFLOAT``, expiring after ``BUDGET_TTL_SECONDS``), or a dict of this month's in process."""
+
+    def __init__(self, redis_url: str | None, prefix: str) -> None:
+        # Short timeouts: a Redis that hangs must not hang admission.
+        self.redis = Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2) if redis_url else None
+        self.prefix = prefix
+        self._month = ""
+        self._local: dict[str, float] = {}
+
+    def names(self, caller: Caller, month: str) -> tuple[str, str]:
+        """The counters of the caller's app and key in ``month``."""
+        return f"{self.prefix}:{month}:app:{caller.app_id}", f"{self.prefix}:{month}:key:{caller.key_id}"
+
+    def _this_month(self, month: str) -> dict[str, float]:
+        if month != self._month:  # a new month: last month's counters are of no more use
+            self._month, self._local = month, {}
+        return self._local
+
+    async def spent(self, names: list[str], month: str) -> list[float]:
+        if self.redis is None:
+            local = self._this_month(month)
+            return [local.get(name, 0.0) for name in names]
+        return [float(value) if value is not None else 0.0 for value in await self.redis.mget(names)]
+
+    async def add(self, names: tuple[str, ...], month: str, amount: float) -> None:
+        if self.redis is None:
+            local = self._this_month(month)
+            for name in names:
+                local[name] = local.get(name, 0.0) + amount
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:  # one round trip
+            for name in names:
+                pipe.incrbyfloat(name, amount)
+                pipe.expire(name, BUDGET_TTL_SECONDS)
+            await pipe.execute()
+
+    async def aclose(self) -> None:
+        if self.redis is not None:
+            await self.redis.aclose()
+
+
 class RateLimiter:
     def __init__(self, redis_url: str | None, prefix: str = "genai-ratelimit", on_reject=None) -> None:
         storage: Storage
@@ -50,11 +128,52 @@ class RateLimiter:
             storage = MemoryStorage()
         self.storage = storage
         self.strategy = SlidingWindowCounterRateLimiter(storage)
-        self.on_reject = on_reject  # called with "requests" or "tokens", for metrics
+        self.budgets = BudgetCounters(redis_url, f"{prefix}:budget")
+        self.on_reject = on_reject  # called with "requests", "tokens" or "budget", for metrics
 
     async def admit(self, request: Request, caller: Caller, requests: int = 1) -> None:
         """Count ``requests`` (a batch counts each of its inputs) against the key's limits, or raise 429
-        with Retry-After. A count larger than what is left is refused whole and counts nothing."""
+        with Retry-After. A count larger than what is left is refused whole and counts nothing. A chat
+        request is first checked against the monthly budgets (429 ``insufficient_quota``, counting nothing).
+        503 when Redis, which keeps the counts, cannot be reached."""
+        try:
+            if _spends(request):
+                await self._check_budgets(caller)
+            await self._admit(request, caller, requests)
+        except (RedisError, StorageError) as exc:
+            log.warning("rate limits and budgets cannot be checked: %s: %s", type(exc).__name__, exc)
+            raise ServiceUnavailable(
+                "Rate limits and budgets cannot be checked right now: their store (Redis) is unavailable. "
+                "Please retry later."
+            ) from exc
+
+    async def _check_budgets(self, caller: Caller) -> None:
+        """429 ``insufficient_quota`` when the app's or the key's budget for this month is spent."""
+        moment = dt.datetime.now(dt.UTC)
+        month = _month_of(moment)
+        app_counter, key_counter = self.budgets.names(caller, month)
+        owners = (
+            (f"app '{caller.app_name}'", app_counter, caller.app_budget),
+            (f"key {caller.key_prefix}...", key_counter, caller.key_budget),
+        )
+        budgets = [(owner, counter, budget) for owner, counter, budget in owners if budget is not None]
+        if not budgets:
+            return
+        spent = await self.budgets.spent([counter for _, counter, _ in budgets], month)
+        for (owner, _, budget), used in zip(budgets, spent):
+            if used >= budget:
+                error = RateLimited(
+                    f"You exceeded the monthly budget of {owner}: {_amount(used)} spent of {_amount(budget)} "
+                    f"this month (UTC). It resets on {_next_month(moment):%Y-%m-%d} at 00:00 UTC; "
+                    "until then, ask the platform's admin to raise it.",
+                    code="insufficient_quota",
+                )
+                error.type = "insufficient_quota"  # OpenAI's error for an exhausted quota
+                if self.on_reject is not None:
+                    self.on_reject("budget")
+                raise error
+
+    async def _admit(self, request: Request, caller: Caller, requests: int) -> None:
         headers: dict[str, str] = {}
         if caller.rpm:
             item = RateLimitItemPerMinute(caller.rpm)
@@ -79,7 +198,12 @@ class RateLimiter:
         return reset, stats.remaining
 
     async def spend(self, caller: Caller, *, tokens: int, cost: float = 0.0) -> None:
-        """Charge what a finished request used: its tokens to the key's token limit (``cost`` is for budgets)."""
+        """Charge what a finished request used: its cost to this month's spending of its app and key (whether
+        they have a budget or not: one set later this month counts what was spent already), its tokens to the
+        key's token limit."""
+        if cost > 0 and caller.app_id is not None:
+            month = _month_of(dt.datetime.now(dt.UTC))
+            await self.budgets.add(self.budgets.names(caller, month), month, cost)
         if caller.tpm and tokens > 0:
             item = RateLimitItemPerMinute(caller.tpm)
             # Charge what fits: a hit larger than the remaining budget would be refused and count nothing.
@@ -87,6 +211,10 @@ class RateLimiter:
             charge = min(tokens, max(stats.remaining, 0))
             if charge:
                 await self.strategy.hit(item, "tokens", caller.key_id, cost=charge)
+
+    async def aclose(self) -> None:
+        """Close the budgets' Redis connections (the ``limits`` storage keeps its own)."""
+        await self.budgets.aclose()
 
     def _reject(self, kind: str, caller: Caller, reset: float, headers: dict[str, str]) -> None:
         if self.on_reject is not None:

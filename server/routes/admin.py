@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictStr, field_validator
 
 from errors import InvalidRequest
 from server.deps import AdminCaller, ServicesDep
@@ -16,6 +16,9 @@ router = APIRouter(prefix="/admin", tags=["admin"])
 
 Name = Annotated[StrictStr, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
 Limit = Annotated[int, Field(ge=1, le=10_000_000)]
+# Currency units per calendar month (UTC); 0 stops every chat request. A JSON number: no strings or booleans.
+Budget = Annotated[StrictFloat, Field(ge=0, le=1e12, allow_inf_nan=False)]
+BUDGET_HELP = "spending limit per calendar month (UTC), in the currency of the routes' prices; null for none"
 
 
 class AppCreate(BaseModel):
@@ -26,6 +29,7 @@ class AppCreate(BaseModel):
     allowed_models: list[StrictStr] | None = Field(None, description="route names; all routes when omitted")
     rpm: Limit | None = Field(None, description="default requests per minute for the app's keys")
     tpm: Limit | None = Field(None, description="default tokens per minute for the app's keys")
+    monthly_budget: Budget | None = Field(None, description=BUDGET_HELP + "; shared by all the app's keys")
 
     @field_validator("name")
     @classmethod
@@ -42,6 +46,7 @@ class AppUpdate(BaseModel):
     allowed_models: list[StrictStr] | None = None
     rpm: Limit | None = None
     tpm: Limit | None = None
+    monthly_budget: Budget | None = Field(None, description=BUDGET_HELP)
 
 
 class KeyCreate(BaseModel):
@@ -51,6 +56,7 @@ class KeyCreate(BaseModel):
     name: StrictStr | None = Field(None, max_length=128)
     rpm: Limit | None = None
     tpm: Limit | None = None
+    monthly_budget: Budget | None = Field(None, description=BUDGET_HELP + "; checked besides the app's")
     expires_in_days: float | None = Field(None, gt=0, le=3650)
 
 
@@ -59,6 +65,7 @@ class KeyUpdate(BaseModel):
 
     rpm: Limit | None = None
     tpm: Limit | None = None
+    monthly_budget: Budget | None = Field(None, description=BUDGET_HELP)
 
 
 def app_object(app: tables.App) -> App:
@@ -106,9 +113,7 @@ async def update_app(app: str, body: AppUpdate, _: AdminCaller, services: Servic
 
 @router.post("/keys")
 async def create_key(body: KeyCreate, _: AdminCaller, services: ServicesDep) -> ApiKeyCreated:
-    created = await services.tenants.create_key(
-        body.app, name=body.name, rpm=body.rpm, tpm=body.tpm, expires_in_days=body.expires_in_days
-    )
+    created = await services.tenants.create_key(body.app, **body.model_dump(exclude={"app"}))
     # The secret is returned this once; only its hash is stored.
     listed = key_object(created.record, await _app_name(services, created.record.app_id))
     return ApiKeyCreated(**listed.model_dump(), key=created.key)

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from server.chat_service import openai_tool_call
 from server.deps import AppCaller, ServicesDep
 from server.schemas import (
     Conversation,
@@ -14,6 +15,7 @@ from server.schemas import (
     ConversationDeleted,
     ConversationList,
     ConversationMessage,
+    ConversationToolMessage,
     ConversationWithMessages,
     MessageUsage,
 )
@@ -30,10 +32,13 @@ def conversation_object(conversation: tables.Conversation) -> Conversation:
 def message_object(message: tables.Message) -> ConversationMessage:
     """A message the client sent, or an assistant message with its response's details (null when the client sent it)."""
     message_id = f"msg_{message.id}"
+    if message.role == "tool":
+        return ConversationToolMessage.of_row(message, id=message_id)
     if message.role != "assistant":
         return ConversationMessage.of_row(message, id=message_id)
     usage = MessageUsage.of_row(message, total_tokens=(message.prompt_tokens or 0) + (message.completion_tokens or 0))
-    return ConversationAssistantMessage.of_row(message, id=message_id, usage=usage)
+    tool_calls = [openai_tool_call(call) for call in message.tool_calls] if message.tool_calls else None
+    return ConversationAssistantMessage.of_row(message, id=message_id, usage=usage, tool_calls=tool_calls)
 
 
 @router.post("")

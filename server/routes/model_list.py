@@ -15,7 +15,16 @@ _CREATED = 1_700_000_000
 
 
 def model_object(chat: ChatModel) -> Model:
-    return Model(id=chat.route.name, created=_CREATED, owned_by=chat.route.owned_by)
+    route = chat.route
+    return Model(
+        id=route.name,
+        created=_CREATED,
+        owned_by=route.owned_by,
+        provider=route.provider_kind,
+        context_window=route.context_window,
+        max_output_tokens=route.max_output_tokens,
+        features=chat.features.public(),
+    )
 
 
 @router.get("/models")
