@@ -70,12 +70,10 @@ import copy
 import json
 import re
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Self
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -84,6 +82,7 @@ from starlette.routing import Route
 
 from chains.local_model_process import free_port
 from chains.model_routes import ModelRoute
+from tests.mock_upstream import serve_in_thread
 
 FIXED_STRING = "scripted"
 CREATED = 1_700_000_000
@@ -702,17 +701,5 @@ def serve_scripted_upstream() -> Iterator[ScriptedUpstream]:
     """The scripted upstream under uvicorn in a thread; yields its base URL (``.../v1``) with its record."""
     port = free_port()
     upstream = ScriptedUpstream(f"http://127.0.0.1:{port}/v1")
-    server = uvicorn.Server(
-        uvicorn.Config(build_app(upstream), host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the scripted upstream did not start"
-        time.sleep(0.02)
-    try:
+    with serve_in_thread(build_app(upstream), port):
         yield upstream
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
