@@ -111,7 +111,7 @@ class ChatModel:
                 api_key,
                 timeout=route.timeout,
                 max_retries=route.max_retries,
-                null_content=route.provider_kind != "llama.cpp",
+                text_content_only=route.provider_kind == "llama.cpp",
             ),
         )
 
@@ -135,8 +135,18 @@ class ChatModel:
         extra_body = dict(merged.pop("extra_body", {}) or {})
         # Everything but the sampling parameters travels in the body as it is: ChatOpenAI would take another
         # path (the openai SDK's parse helpers) for a response_format it sees, and needs to know nothing of the rest.
+        # Only what the route takes goes (preprocess refused the rest, or it holds without forwarding).
+        features = self.features
         for name in [name for name in merged if name not in SAMPLING_FIELDS]:
-            extra_body[name] = merged.pop(name)
+            value = merged.pop(name)
+            if name in features.fields or name in features.extra_params or name in self.route.defaults:
+                extra_body[name] = value
+        if features.named_tool_choice_only and extra_body.get("tool_choice") == "required":
+            # One tool (preprocess refused more): "required" is the named form, which the route does force.
+            extra_body["tool_choice"] = {
+                "type": "function",
+                "function": {"name": extra_body["tools"][0]["function"]["name"]},
+            }
         if self.route.provider_kind == "llama.cpp" and (extra_body.get("response_format") or {}).get("type") == (
             "json_schema"
         ):

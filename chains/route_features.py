@@ -48,6 +48,11 @@ class RouteFeatures(BaseModel):
     files: bool | None = Field(None, description="file content parts")
     audio: bool | None = Field(None, description="input_audio content parts and audio output")
     logprobs: bool | None = Field(None, description="logprobs and top_logprobs")
+    named_tool_choice_only: bool | None = Field(
+        None,
+        description='forces only a named tool: "required" becomes the named form with one tool, is refused with '
+        "more; such a route makes one call per answer, so parallel_tool_calls false holds without forwarding it",
+    )
     fields: list[str] | None = Field(None, description="the OpenAI request fields the route takes")
     extra_params: list[str] | None = Field(
         None, description="provider-specific body fields a request may send through (e.g. top_k, min_p)"
@@ -65,6 +70,7 @@ class Features:
     files: bool
     audio: bool
     logprobs: bool
+    named_tool_choice_only: bool
     fields: frozenset[str]
     extra_params: frozenset[str]
 
@@ -78,6 +84,7 @@ class Features:
             "files": self.files,
             "audio": self.audio,
             "logprobs": self.logprobs,
+            "named_tool_choice_only": self.named_tool_choice_only,
             "extra_params": sorted(self.extra_params),
         }
 
@@ -85,25 +92,27 @@ class Features:
 _DEFAULTS: dict[str, dict[str, Any]] = {
     "openai": dict(
         tools=True, json_object=True, json_schema=True, vision=True, files=True, audio=True, logprobs=True,
-        fields=FORWARDED_FIELDS, extra_params=(),
+        named_tool_choice_only=False, fields=FORWARDED_FIELDS, extra_params=(),
     ),
     "vllm": dict(
         tools=True, json_object=True, json_schema=True, vision=False, files=False, audio=False, logprobs=True,
-        fields=COMMON_FIELDS | TOOL_FIELDS | {"response_format"}, extra_params=("top_k", "min_p", "repetition_penalty"),
+        named_tool_choice_only=False, fields=COMMON_FIELDS | TOOL_FIELDS | {"response_format"},
+        extra_params=("top_k", "min_p", "repetition_penalty"),
     ),
     # llama-cpp-python's server: tool calls when tool_choice names a function (grammar-constrained); JSON schema
     # as its own {"type": "json_object", "schema": ...}.
     "llama.cpp": dict(
         tools=True, json_object=True, json_schema=True, vision=False, files=False, audio=False, logprobs=True,
-        fields=COMMON_FIELDS | {"tools", "tool_choice", "response_format"}, extra_params=("top_k", "min_p", "repeat_penalty"),
+        named_tool_choice_only=True, fields=COMMON_FIELDS | {"tools", "tool_choice", "response_format"},
+        extra_params=("top_k", "min_p", "repeat_penalty"),
     ),
     "ollama": dict(
         tools=True, json_object=True, json_schema=True, vision=False, files=False, audio=False, logprobs=False,
-        fields=SAMPLING_FIELDS | {"user", "tools", "tool_choice", "response_format"}, extra_params=(),
+        named_tool_choice_only=False, fields=SAMPLING_FIELDS | {"user", "tools", "tool_choice", "response_format"}, extra_params=(),
     ),
     "openai-compatible": dict(
         tools=True, json_object=True, json_schema=True, vision=False, files=False, audio=False, logprobs=True,
-        fields=COMMON_FIELDS | TOOL_FIELDS | {"response_format"}, extra_params=(),
+        named_tool_choice_only=False, fields=COMMON_FIELDS | TOOL_FIELDS | {"response_format"}, extra_params=(),
     ),
 }  # fmt: skip
 
@@ -149,6 +158,8 @@ def check_request(
             raise InvalidRequest(
                 f"`{name}` is deprecated: use `{DEPRECATED_FIELDS[name]}`.", param=name, code="unsupported_parameter"
             )
+        if name == "parallel_tool_calls" and params[name] is False and features.named_tool_choice_only:
+            continue  # one call per answer: what false asks for, without forwarding it
         if name in FORWARDED_FIELDS and name not in features.fields:
             refuse(name, f"the parameter `{name}`")
         if name not in FORWARDED_FIELDS and name not in features.extra_params:
@@ -161,6 +172,12 @@ def check_request(
             )
     if not features.tools and (TOOL_FIELDS & params.keys()):
         refuse(next(iter(sorted(TOOL_FIELDS & params.keys()))), "tools")
+    if (
+        features.named_tool_choice_only
+        and params.get("tool_choice") == "required"
+        and len(params.get("tools") or []) != 1
+    ):
+        refuse("tool_choice", 'tool_choice "required" with more than one tool (it can force a named tool only)')
     if not features.logprobs and ({"logprobs", "top_logprobs"} & params.keys()):
         refuse("logprobs", "logprobs")
     kind = (params.get("response_format") or {}).get("type")

@@ -26,11 +26,12 @@ class ChatCompletionsTransport:
     """``create(**payload)`` and ``with_raw_response.create(**payload)``, as ``ChatOpenAI`` calls them."""
 
     def __init__(
-        self, base_url: str, api_key: str, *, timeout: float, max_retries: int, null_content: bool = True
+        self, base_url: str, api_key: str, *, timeout: float, max_retries: int, text_content_only: bool = False
     ) -> None:
         self.max_retries = max_retries
-        # llama-cpp-python's server refuses `"content": null` beside an assistant's tool calls; send "" to it.
-        self.null_content = null_content
+        # llama-cpp-python's server takes a message's content as a string only: no null beside an assistant's
+        # tool calls, no list of text parts. Such a route gets "" and the parts' text joined.
+        self.text_content_only = text_content_only
         self.client = httpx.AsyncClient(
             base_url=base_url.rstrip("/") + "/",
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
@@ -47,10 +48,15 @@ class ChatCompletionsTransport:
 
     async def _send(self, payload: dict[str, Any]) -> tuple[httpx.Response, bool]:
         body = _body(payload)
-        if not self.null_content:
+        if self.text_content_only:
             for message in body.get("messages") or ():
-                if message.get("content") is None:
+                content = message.get("content")
+                if content is None:
                     message["content"] = ""
+                elif isinstance(content, list) and all(
+                    isinstance(part, dict) and part.get("type") == "text" for part in content
+                ):
+                    message["content"] = "".join(part.get("text", "") for part in content)
         streaming = bool(body.get("stream"))
         content = orjson.dumps(body)
         for attempt in range(self.max_retries + 1):

@@ -239,7 +239,11 @@ def test_a_routes_features_are_shown_by_the_models_api(platform):
 def test_langserve_takes_tool_messages_and_ai_tool_calls(platform, scripted):
     loop = [
         {"type": "human", "content": "What is the weather in 'Oslo'?"},
-        {"type": "ai", "content": "", "tool_calls": [{"name": "get_weather", "args": {"city": "Oslo"}, "id": "call_1_0"}]},
+        {
+            "type": "ai",
+            "content": "",
+            "tool_calls": [{"name": "get_weather", "args": {"city": "Oslo"}, "id": "call_1_0"}],
+        },
         {"type": "tool", "content": "Sunny, 21 C", "tool_call_id": "call_1_0"},
     ]
     with platform.http() as http:
@@ -255,3 +259,40 @@ def test_langserve_takes_tool_messages_and_ai_tool_calls(platform, scripted):
     sent = forwarded(scripted)["messages"]
     assert [m["role"] for m in sent] == ["user", "assistant", "tool"]
     assert sent[1]["tool_calls"][0]["function"] == {"name": "get_weather", "arguments": '{"city": "Oslo"}'}
+
+
+def test_a_llama_cpp_route_gets_what_its_server_takes(platform, scripted):
+    """llama.cpp forces only a named tool and takes string content: "required" with one tool becomes the named
+    form, parallel_tool_calls false holds without being sent, text parts are joined; what it cannot do is refused."""
+    history = [
+        {"role": "user", "content": [{"type": "text", "text": "What is the weather in "}, {"type": "text", "text": "'Oslo'?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "Let me look."}], "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}
+        ]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "Sunny"},
+        {"role": "user", "content": "And tomorrow?"},
+    ]  # fmt: skip
+    body = {
+        "model": "llamacpp",
+        "messages": history,
+        "tools": [WEATHER],
+        "tool_choice": "required",
+        "parallel_tool_calls": False,
+    }
+    with platform.http() as http:
+        assert http.post("/v1/chat/completions", json=body).status_code == 200
+        sent = forwarded(scripted)
+        assert sent["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
+        assert "parallel_tool_calls" not in sent
+        assert [m["content"] for m in sent["messages"]] == [
+            "What is the weather in 'Oslo'?",
+            "Let me look.",
+            "Sunny",
+            "And tomorrow?",
+        ]
+        other = {
+            "type": "function",
+            "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}},
+        }
+        refused = http.post("/v1/chat/completions", json={**body, "tools": [WEATHER, other]})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "tool_choice"

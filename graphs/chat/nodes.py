@@ -134,7 +134,14 @@ async def _stream_answer(
     answer: AIMessageChunk | None = None
     started = False
     logprobs: list[dict[str, Any]] = []
+    named: set[int] = set()
     async for chunk in chat.client.astream(state["prompt"], config, **chat.call_kwargs(state.get("params") or {})):
+        for part in chunk.tool_call_chunks:
+            # A call's id and name come once, as OpenAI sends them; llama.cpp repeats them in every delta, which
+            # would be concatenated ("JokeJoke") here and by every client.
+            if (index := part.get("index") or 0) in named:
+                part["id"] = part["name"] = None
+            named.add(index)
         answer = chunk if answer is None else answer + chunk
         if chunk.tool_call_chunks:
             write({"tool_calls": [_tool_call_delta(part) for part in chunk.tool_call_chunks]})
