@@ -248,8 +248,8 @@ class TestLocalModel(ChatModelIntegrationTests):
 
     @property
     def has_tool_choice(self) -> bool:
-        # The suite's definition: tool_choice="any" forces a call and tool_choice=<name> that tool. The route only
-        # honours a named tool_choice ("any" becomes "required", which llama.cpp ignores).
+        # The suite's definition: tool_choice="any" forces a call and tool_choice=<name> that tool. The route forces
+        # a named tool only: "any" (ChatOpenAI's "required") is sent as the named form with one tool, refused with more.
         return False
 
     @property
