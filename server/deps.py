@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from server.gateway.auth import require_admin, require_app, require_key
+from server.gateway.auth import require_admin, require_app, require_chat_app, require_key
 from server.services import Services
 from storage.tenants import Caller
 
@@ -18,6 +18,8 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 # An app's key (admitted by its rate limits); admin keys are refused.
 AppCaller = Annotated[Caller, Depends(require_app)]
+# An app's key for a chat request: admitted by its rate limits and its budgets.
+ChatCaller = Annotated[Caller, Depends(require_chat_app)]
 # Any valid key, app or admin.
 AnyCaller = Annotated[Caller, Depends(require_key)]
 AdminCaller = Annotated[Caller, Depends(require_admin)]

@@ -18,7 +18,7 @@ import openai
 import pytest
 from sqlalchemy import update
 
-from server.gateway.auth import KEY_COOKIE, app_caller, require_admin, require_app, require_key
+from server.gateway.auth import KEY_COOKIE, app_caller, require_admin, require_app, require_chat_app, require_key
 from storage.engine import Database
 from storage.tables import ApiKey, Base
 from tests.conftest import ADMIN_KEY
@@ -35,7 +35,9 @@ PATH_VALUES = {
     "file_path": "index.html",
 }
 # app_caller authenticates an app key whose admission the route makes itself (LangServe counts batch inputs).
-AUTH_DEPENDENCIES = {require_app: "app", app_caller: "app", require_key: "any", require_admin: "admin"}
+AUTH_DEPENDENCIES = {
+    require_app: "app", require_chat_app: "app", app_caller: "app", require_key: "any", require_admin: "admin"
+}  # fmt: skip
 QUESTION = {"messages": [{"type": "human", "content": "What is the capital of France?"}]}
 USER = {"role": "user", "content": "What is the capital of France?"}
 

@@ -93,6 +93,13 @@ async def require_app(request: Request) -> Caller:
     return caller
 
 
+async def require_chat_app(request: Request) -> Caller:
+    """An app's key for a chat request: counted against its rate limits and checked against its budgets."""
+    caller = await app_caller(request)
+    await admit(request, caller, chat=True)
+    return caller
+
+
 async def require_key(request: Request) -> Caller:
     """Any valid key; app keys count against their rate limits."""
     caller = await authenticate(request)
@@ -108,12 +115,12 @@ async def require_admin(request: Request) -> Caller:
     return caller
 
 
-async def admit(request: Request, caller: Caller, requests: int = 1) -> None:
+async def admit(request: Request, caller: Caller, requests: int = 1, *, chat: bool = False) -> None:
     """Count the request (as ``requests`` chat requests: a batch counts each input) against the key's limits,
-    once even when several dependencies ask."""
+    and a ``chat`` request against its budgets, once even when several dependencies ask."""
     if not getattr(request.state, "admitted", False):
         request.state.admitted = True
-        await request.app.state.services.limiter.admit(request, caller, requests=requests)
+        await request.app.state.services.limiter.admit(request, caller, requests=requests, chat=chat)
 
 
 def _redacted(token: str) -> str:

@@ -52,7 +52,6 @@ def _reset_in(stats: WindowStats, limit: int) -> float:
 
 
 BUDGET_TTL_SECONDS = 35 * 86400  # a month's counters outlive the month, then Redis drops them
-CHAT_PATHS = ("/v1/chat/completions", "/chat/")  # POSTs here cost money; budgets refuse only these
 
 
 def _month_of(moment: dt.datetime) -> str:
@@ -68,12 +67,6 @@ def _next_month(moment: dt.datetime) -> dt.datetime:
 def _amount(value: float) -> str:
     """A sum of money for a message: "0.25", "1000", "0.000125" (no exponent, no trailing zeros)."""
     return f"{value:.6f}".rstrip("0").rstrip(".")
-
-
-def _spends(request: Request) -> bool:
-    """A chat request (/v1/chat/completions, LangServe's /chat): the only kind a budget refuses, so that a key
-    whose budget is spent can still list models and read its usage."""
-    return request.method == "POST" and request.scope.get("path", "").startswith(CHAT_PATHS)
 
 
 class BudgetCounters:
@@ -131,13 +124,14 @@ class RateLimiter:
         self.budgets = BudgetCounters(redis_url, f"{prefix}:budget")
         self.on_reject = on_reject  # called with "requests", "tokens" or "budget", for metrics
 
-    async def admit(self, request: Request, caller: Caller, requests: int = 1) -> None:
+    async def admit(self, request: Request, caller: Caller, requests: int = 1, *, chat: bool = False) -> None:
         """Count ``requests`` (a batch counts each of its inputs) against the key's limits, or raise 429
-        with Retry-After. A count larger than what is left is refused whole and counts nothing. A chat
-        request is first checked against the monthly budgets (429 ``insufficient_quota``, counting nothing).
-        503 when Redis, which keeps the counts, cannot be reached."""
+        with Retry-After. A count larger than what is left is refused whole and counts nothing. A ``chat``
+        request (the only kind that costs money, so that a key whose budget is spent can still list models and
+        read its usage) is first checked against the monthly budgets (429 ``insufficient_quota``, counting
+        nothing). 503 when Redis, which keeps the counts, cannot be reached."""
         try:
-            if _spends(request):
+            if chat:
                 await self._check_budgets(caller)
             await self._admit(request, caller, requests)
         except (RedisError, StorageError) as exc:

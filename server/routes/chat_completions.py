@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from errors import APIError, InvalidRequest
 from server.chat_request import ChatCompletionRequest
 from server.chat_service import ChatCall, ChatResult, ChatStream
-from server.deps import AppCaller, ServicesDep
+from server.deps import ChatCaller, ServicesDep
 from server.schemas import ChatCompletion, Usage
 
 router = APIRouter(prefix="/v1", tags=["chat"])
@@ -32,7 +32,7 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         200: {"description": "A chat completion, or with `stream: true` a stream of chunks as server-sent events."}
     },
 )
-async def create_chat_completion(body: ChatCompletionRequest, caller: AppCaller, services: ServicesDep):
+async def create_chat_completion(body: ChatCompletionRequest, caller: ChatCaller, services: ServicesDep):
     if body.n != 1:
         raise InvalidRequest(
             "Only n=1 is supported: ask for one choice per request.", param="n", code="unsupported_value"

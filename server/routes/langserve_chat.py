@@ -183,7 +183,7 @@ def mount(app: FastAPI, services: Services) -> None:
 
 async def gate(request: Request, caller: Annotated[Caller, Depends(app_caller)]) -> None:
     """Every /chat route: an app's key, a body LangServe can serve, and one request counted per chat input."""
-    await admit(request, caller, requests=await check_body(request))
+    await admit(request, caller, requests=await check_body(request), chat=request.method == "POST")
 
 
 async def check_body(request: Request) -> int:
