@@ -14,6 +14,7 @@ from functools import cached_property
 from typing import Any, Literal
 
 import openai
+from langchain_core.outputs import ChatGenerationChunk
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
@@ -89,6 +90,20 @@ class ModelRoute(BaseModel):
         return "not-needed"
 
 
+class RouteChatOpenAI(ChatOpenAI):
+    """``ChatOpenAI`` that keeps which choice a streamed chunk belongs to (``response_metadata["choice_index"]``):
+    its own conversion reads only the chunk's first choice, and the transport sends one choice per chunk."""
+
+    def _convert_chunk_to_generation_chunk(
+        self, chunk: dict, default_chunk_class: type, base_generation_info: dict | None
+    ) -> ChatGenerationChunk | None:
+        generation = super()._convert_chunk_to_generation_chunk(chunk, default_chunk_class, base_generation_info)
+        choices = chunk.get("choices") or []
+        if generation is not None and choices and choices[0].get("index"):
+            generation.message.response_metadata["choice_index"] = choices[0]["index"]
+        return generation
+
+
 class ChatModel:
     """A route with its client, ready to call."""
 
@@ -99,7 +114,7 @@ class ChatModel:
     def client(self) -> ChatOpenAI:
         route = self.route
         api_key = route.resolve_api_key()
-        return ChatOpenAI(
+        return RouteChatOpenAI(
             model=route.upstream_model,
             base_url=route.base_url,
             api_key=SecretStr(api_key),
@@ -133,6 +148,8 @@ class ChatModel:
         merged = {**self.route.defaults, **{k: v for k, v in params.items() if v is not None}}
         max_tokens = min(int(merged.pop("max_tokens", self.route.max_output_tokens)), self.route.max_output_tokens)
         extra_body = dict(merged.pop("extra_body", {}) or {})
+        if (n := merged.pop("n", 1)) > 1:  # preprocess refused it unless the route has the feature
+            extra_body["n"] = n
         # Everything but the sampling parameters travels in the body as it is: ChatOpenAI would take another
         # path (the openai SDK's parse helpers) for a response_format it sees, and needs to know nothing of the rest.
         # Only what the route takes goes (preprocess refused the rest, or it holds without forwarding).

@@ -32,8 +32,9 @@ OPENAI_ONLY_FIELDS = frozenset(
 FORWARDED_FIELDS = COMMON_FIELDS | TOOL_FIELDS | OPENAI_ONLY_FIELDS | {"response_format"}
 # OpenAI's deprecated function-calling fields, and what replaces them.
 DEPRECATED_FIELDS = {"functions": "tools", "function_call": "tool_choice"}
-# Parameters the platform itself applies (capped by the route) before it forwards them.
-PLATFORM_FIELDS = frozenset({"max_tokens"})
+# Parameters the platform itself applies (max_tokens capped by the route, n checked against its feature) before it
+# forwards them.
+PLATFORM_FIELDS = frozenset({"max_tokens", "n"})
 
 
 class RouteFeatures(BaseModel):
@@ -48,6 +49,7 @@ class RouteFeatures(BaseModel):
     files: bool | None = Field(None, description="file content parts")
     audio: bool | None = Field(None, description="input_audio content parts and audio output")
     logprobs: bool | None = Field(None, description="logprobs and top_logprobs")
+    n: bool | None = Field(None, description="several choices per request (n > 1)")
     named_tool_choice_only: bool | None = Field(
         None,
         description='forces only a named tool: "required" becomes the named form with one tool, is refused with '
@@ -70,6 +72,7 @@ class Features:
     files: bool
     audio: bool
     logprobs: bool
+    n: bool
     named_tool_choice_only: bool
     fields: frozenset[str]
     extra_params: frozenset[str]
@@ -84,6 +87,7 @@ class Features:
             "files": self.files,
             "audio": self.audio,
             "logprobs": self.logprobs,
+            "n": self.n,
             "named_tool_choice_only": self.named_tool_choice_only,
             "extra_params": sorted(self.extra_params),
         }
@@ -91,27 +95,27 @@ class Features:
 
 _DEFAULTS: dict[str, dict[str, Any]] = {
     "openai": dict(
-        tools=True, json_object=True, json_schema=True, vision=True, files=True, audio=True, logprobs=True,
+        tools=True, json_object=True, json_schema=True, vision=True, files=True, audio=True, logprobs=True, n=True,
         named_tool_choice_only=False, fields=FORWARDED_FIELDS, extra_params=(),
     ),
     "vllm": dict(
-        tools=True, json_object=True, json_schema=True, vision=False, files=False, audio=False, logprobs=True,
+        tools=True, json_object=True, json_schema=True, vision=False, files=False, audio=False, logprobs=True, n=True,
         named_tool_choice_only=False, fields=COMMON_FIELDS | TOOL_FIELDS | {"response_format"},
         extra_params=("top_k", "min_p", "repetition_penalty"),
     ),
     # llama-cpp-python's server: tool calls when tool_choice names a function (grammar-constrained); JSON schema
     # as its own {"type": "json_object", "schema": ...}.
     "llama.cpp": dict(
-        tools=True, json_object=True, json_schema=True, vision=False, files=False, audio=False, logprobs=True,
+        tools=True, json_object=True, json_schema=True, vision=False, files=False, audio=False, logprobs=True, n=False,
         named_tool_choice_only=True, fields=COMMON_FIELDS | {"tools", "tool_choice", "response_format"},
         extra_params=("top_k", "min_p", "repeat_penalty"),
     ),
     "ollama": dict(
-        tools=True, json_object=True, json_schema=True, vision=False, files=False, audio=False, logprobs=False,
+        tools=True, json_object=True, json_schema=True, vision=False, files=False, audio=False, logprobs=False, n=False,
         named_tool_choice_only=False, fields=SAMPLING_FIELDS | {"user", "tools", "tool_choice", "response_format"}, extra_params=(),
     ),
     "openai-compatible": dict(
-        tools=True, json_object=True, json_schema=True, vision=False, files=False, audio=False, logprobs=True,
+        tools=True, json_object=True, json_schema=True, vision=False, files=False, audio=False, logprobs=True, n=False,
         named_tool_choice_only=False, fields=COMMON_FIELDS | TOOL_FIELDS | {"response_format"}, extra_params=(),
     ),
 }  # fmt: skip
@@ -178,6 +182,8 @@ def check_request(
         and len(params.get("tools") or []) != 1
     ):
         refuse("tool_choice", 'tool_choice "required" with more than one tool (it can force a named tool only)')
+    if (params.get("n") or 1) > 1 and not features.n:
+        refuse("n", "several choices per request (n > 1)")
     if not features.logprobs and ({"logprobs", "top_logprobs"} & params.keys()):
         refuse("logprobs", "logprobs")
     kind = (params.get("response_format") or {}).get("type")

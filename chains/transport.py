@@ -130,6 +130,11 @@ class SSEStream:
                     error = chunk["error"]
                     message = error.get("message", str(error)) if isinstance(error, dict) else str(error)
                     raise openai.APIError(message, request=self.response.request, body=chunk)
+                choices = chunk.get("choices") if isinstance(chunk, dict) else None
+                if choices and len(choices) > 1:  # LangChain reads one choice per chunk (n > 1)
+                    for choice in choices:
+                        yield {**chunk, "choices": [choice]}
+                    continue
                 yield chunk
         except httpx.TimeoutException as exc:
             raise openai.APITimeoutError(request=self.response.request) from exc

@@ -133,7 +133,7 @@ class ChatCompletionRequest(BaseModel):
     messages: list[Message] = Field(min_length=1)
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
-    n: int = Field(1, ge=1, le=128, description="only 1: one choice per request")
+    n: int = Field(1, ge=1, le=128, description="choices to generate, on routes that can (feature `n`)")
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     # Forwarded to the route (when it takes them):
@@ -214,4 +214,6 @@ class ChatCompletionRequest(BaseModel):
         max_tokens = self.max_completion_tokens or self.max_tokens
         if max_tokens is not None:
             fields["max_tokens"] = max_tokens
+        if self.n != 1:
+            fields["n"] = self.n
         return {**fields, **(self.model_extra or {})}

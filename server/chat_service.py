@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from langchain_core.messages import BaseMessage
+from langchain_core.messages import AIMessage, BaseMessage
 from langgraph.graph.state import CompiledStateGraph
 
 from errors import APIError, InternalError
@@ -57,19 +57,41 @@ class ChatCall:
 
 
 @dataclass(frozen=True)
+class ChatChoice:
+    """One of the answer's choices (one unless the request asked for ``n``)."""
+
+    text: str
+    finish_reason: str
+    # OpenAI's shape: [{"id", "type": "function", "function": {"name", "arguments"}}]
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    logprobs: dict[str, Any] | None = None
+
+    @classmethod
+    def of(cls, answer: AIMessage, finish_reason: str | None = None) -> ChatChoice:
+        metadata = answer.response_metadata
+        return cls(
+            text=answer.text,
+            finish_reason=finish_reason or metadata.get("finish_reason") or "stop",
+            tool_calls=[openai_tool_call(call) for call in answer.tool_calls],
+            logprobs=metadata.get("logprobs"),
+        )
+
+
+@dataclass(frozen=True)
 class ChatResult:
     response_id: str
     model: str
-    text: str
-    finish_reason: str
+    choices: list[ChatChoice]
     prompt_tokens: int
     completion_tokens: int
     conversation_id: str | None = None
     cost: float = 0.0
-    # OpenAI's shape: [{"id", "type": "function", "function": {"name", "arguments"}}]
-    tool_calls: list[dict[str, Any]] = field(default_factory=list)
-    logprobs: dict[str, Any] | None = None
     created: int = field(default_factory=lambda: int(time.time()))
+
+    @property
+    def first(self) -> ChatChoice:
+        """The first choice: the one a conversation keeps, and all there is for most requests."""
+        return self.choices[0]
 
     @property
     def total_tokens(self) -> int:
@@ -209,14 +231,14 @@ class _Run:
         result = ChatResult(
             response_id=self.response_id,
             model=state["model_name"],
-            text=state["answer"].text,
-            finish_reason=state.get("finish_reason") or "stop",
+            choices=[
+                ChatChoice.of(state["answer"], state.get("finish_reason")),
+                *(ChatChoice.of(answer) for answer in state.get("more_answers") or []),
+            ],
             prompt_tokens=int(state.get("prompt_tokens") or 0),
             completion_tokens=int(state.get("completion_tokens") or 0),
             conversation_id=state.get("conversation_id"),
             cost=float(state.get("cost") or 0.0),
-            tool_calls=[openai_tool_call(call) for call in state["answer"].tool_calls],
-            logprobs=state["answer"].response_metadata.get("logprobs"),
         )
         if result.total_tokens or result.cost:
             self.service.spawn(
@@ -256,12 +278,14 @@ class _Run:
 
 @dataclass(frozen=True)
 class StreamPart:
-    """A piece of a streamed answer: text (as the output stage released it, with the model's logprobs for it
-    when asked and unfiltered), or tool-call deltas in OpenAI's shape (``index``, ``id``, ``function``)."""
+    """A piece of a streamed answer's choice ``index``: text (as the output stage released it, with the model's
+    logprobs for it when asked and unfiltered), or tool-call deltas in OpenAI's shape (``index``, ``id``,
+    ``function``)."""
 
     text: str = ""
     tool_calls: list[dict[str, Any]] | None = None
     logprobs: dict[str, Any] | None = None
+    index: int = 0
 
 
 class ChatStream:
@@ -297,7 +321,9 @@ class ChatStream:
         """Take one graph event in; the part of the answer it carries, if any."""
         if mode == "custom":
             self._run.first_token(self.info)
-            return StreamPart(chunk.get("delta", ""), chunk.get("tool_calls"), chunk.get("logprobs"))
+            return StreamPart(
+                chunk.get("delta", ""), chunk.get("tool_calls"), chunk.get("logprobs"), chunk.get("index", 0)
+            )
         for update in chunk.values():
             if update:
                 self.info.update(update)

@@ -12,6 +12,7 @@ import pytest
 
 from chains.model_routes import ModelRoute
 from chains.route_features import FORWARDED_FIELDS
+from storage.tables import Usage
 from tests.scripted_upstream import ScriptedUpstream, scripted_route, serve_scripted_upstream
 
 WEATHER = {
@@ -189,10 +190,69 @@ def test_image_parts_reach_a_route_with_vision(platform, scripted):
     assert forwarded(scripted)["messages"][0]["content"][1]["image_url"]["url"].startswith("data:image/png")
 
 
-def test_n_above_one_is_refused_naming_n(platform):
+REPLY = "Scripted reply to: What is the weather in 'Oslo'?"
+
+
+def test_n_choices_come_back_as_the_route_made_them(platform, scripted):
+    answer = platform.openai().chat.completions.create(model="scripted", messages=ASK, n=3, logprobs=True)
+    assert forwarded(scripted)["n"] == 3
+    assert [c.index for c in answer.choices] == [0, 1, 2]
+    assert [c.message.content for c in answer.choices] == [REPLY, f"{REPLY} (choice 1)", f"{REPLY} (choice 2)"]
+    assert [c.finish_reason for c in answer.choices] == ["stop"] * 3
+    assert [len(c.logprobs.content) for c in answer.choices] == [9, 11, 11]
+    # The upstream's usage: 6 prompt words; 9 + 11 + 11 completion words.
+    assert (answer.usage.prompt_tokens, answer.usage.completion_tokens) == (6, 31)
+    [record] = [r for r in platform.rows(Usage.__table__) if r["response_id"] == answer.id]
+    assert (record["prompt_tokens"], record["completion_tokens"], record["status"]) == (6, 31, "ok")
+
+
+def test_n_choices_stream_each_under_its_index(platform, scripted):
+    chunks = list(
+        platform.openai().chat.completions.create(
+            model="scripted", messages=ASK, n=2, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    texts: dict[int, str] = {}
+    finished: dict[int, str] = {}
+    for chunk in chunks:
+        for choice in chunk.choices:
+            texts[choice.index] = texts.get(choice.index, "") + (choice.delta.content or "")
+            if choice.finish_reason:
+                finished[choice.index] = choice.finish_reason
+    assert texts == {0: REPLY, 1: f"{REPLY} (choice 1)"}
+    assert finished == {0: "stop", 1: "stop"}
+    assert len({chunk.id for chunk in chunks}) == 1
+    assert (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == (6, 20)
+
+
+def test_n_choices_of_tool_calls(platform, scripted):
+    answer = platform.openai().chat.completions.create(model="scripted", messages=ASK, n=2, tools=[WEATHER])
+    for choice in answer.choices:
+        [call] = choice.message.tool_calls
+        assert (call.function.name, json.loads(call.function.arguments)) == ("get_weather", {"city": "Oslo"})
+        assert choice.finish_reason == "tool_calls" and choice.message.content is None
+
+
+@pytest.mark.parametrize("model", ["llamacpp", "ollama"])
+def test_n_above_one_is_refused_by_a_route_without_it(platform, scripted, model):
     with pytest.raises(openai.BadRequestError) as caught:
-        platform.openai().chat.completions.create(model="scripted", messages=ASK, n=2)
-    assert caught.value.param == "n"
+        platform.openai().chat.completions.create(model=model, messages=ASK, n=2)
+    assert (caught.value.param, caught.value.code) == ("n", "unsupported_parameter")
+    assert model in caught.value.message and scripted.requests == []
+
+
+def test_n_above_one_is_refused_with_a_conversation(platform, scripted):
+    with pytest.raises(openai.BadRequestError) as caught:
+        platform.openai().chat.completions.create(
+            model="scripted", messages=ASK, n=2, extra_body={"conversation_id": "new"}
+        )
+    assert (caught.value.param, caught.value.code) == ("n", "unsupported_parameter")
+    assert "conversation" in caught.value.message and scripted.requests == []
+
+
+def test_n_one_is_not_forwarded(platform, scripted):
+    platform.openai().chat.completions.create(model="llamacpp", messages=ASK, n=1)
+    assert "n" not in forwarded(scripted)
 
 
 # ---------------------------------------------------------------- the local model (llama.cpp)
@@ -229,6 +289,9 @@ def test_a_routes_features_are_shown_by_the_models_api(platform):
         ["min_p", "repeat_penalty", "top_k"],
     )
     assert llamacpp["features"]["vision"] is False and llamacpp["features"]["json_schema"] is True
+    assert (llamacpp["features"]["n"], narrow["features"]["n"]) == (False, False)
+    with platform.http() as http:
+        assert http.get("/v1/models/scripted").json()["features"]["n"] is True
     assert (narrow["features"]["tools"], narrow["features"]["json_schema"], narrow["features"]["json_object"]) == (
         False,
         False,

@@ -198,3 +198,26 @@ def test_a_blocked_answer_ends_with_content_filter_on_every_entry_point(live_ser
     assert answer.status_code == 200, answer.text
     output = answer.json()["output"]
     assert output["content"] == "[withheld]" and output["response_metadata"]["finish_reason"] == "content_filter"
+
+
+def test_each_of_n_choices_has_its_own_stage(live_server):
+    from tests.scripted_upstream import scripted_route, serve_scripted_upstream
+
+    with serve_scripted_upstream() as scripted:
+        server = live_server(model_routes=[scripted_route("scripted", scripted)])
+        server.services.chat.context.output_filters.append(lambda state: BlockOn("(choice", "[withheld]"))
+        ask = [{"role": "user", "content": "hi there"}]
+        plain = server.openai().chat.completions.create(model="scripted", messages=ask, n=2)
+        assert [(c.message.content, c.finish_reason) for c in plain.choices] == [
+            ("Scripted reply to: hi there", "stop"),
+            ("[withheld]", "content_filter"),
+        ]
+        texts: dict[int, str] = {}
+        finished: dict[int, str] = {}
+        for chunk in server.openai().chat.completions.create(model="scripted", messages=ask, n=2, stream=True):
+            for choice in chunk.choices:
+                texts[choice.index] = texts.get(choice.index, "") + (choice.delta.content or "")
+                finished[choice.index] = choice.finish_reason or finished.get(choice.index)
+        # Streamed word by word (each with the space before it): choice 1 shows the words before the blocked one.
+        assert texts == {0: "Scripted reply to: hi there", 1: "Scripted reply to: hi there[withheld]"}
+        assert finished == {0: "stop", 1: "content_filter"}

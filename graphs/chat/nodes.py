@@ -37,6 +37,12 @@ async def preprocess(state: ChatState, runtime: Runtime[ChatContext]) -> dict[st
         raise InvalidRequest("The request has no app: call with an app's API key.")
 
     conversation_id = state.get("conversation_id")
+    if conversation_id and (state.get("params") or {}).get("n", 1) > 1:
+        raise InvalidRequest(
+            "`n` > 1 cannot be combined with `conversation_id`: a conversation keeps one answer per turn.",
+            param="n",
+            code="unsupported_parameter",
+        )
     created = conversation_id == "new"
     if created:
         conversation_id = new_conversation_id()
@@ -93,76 +99,127 @@ async def load_memory(state: ChatState, runtime: Runtime[ChatContext]) -> dict[s
 
 
 async def call_model(state: ChatState, config: RunnableConfig, runtime: Runtime[ChatContext]) -> dict[str, Any]:
-    """The model's answer through the output stage. Streamed, when asked, as custom events: ``{"delta": text}``
-    (with ``"logprobs"`` when the model sent them and no output filter rewrites the text) and
-    ``{"tool_calls": [...]}`` (OpenAI's indexed tool-call deltas)."""
+    """The model's answer (``n`` of them when asked) through the output stage, one stage per answer.
+
+    Streamed, when asked, as custom events ``{"index": i, "delta": text}`` (with ``"logprobs"`` when the model
+    sent them and no output filter rewrites the text) and ``{"index": i, "tool_calls": [...]}`` (OpenAI's indexed
+    tool-call deltas). ``answer`` is the first choice, the one a conversation keeps; ``more_answers`` the others.
+    """
     context = runtime.context
     chat = context.models.get(state["model_name"])
-    stage = OutputStage.for_answer(context.output_filters, state)
+    params = state.get("params") or {}
+    kwargs = chat.call_kwargs(params)
+    choices = [_Choice(OutputStage.for_answer(context.output_filters, state)) for _ in range(params.get("n") or 1)]
     try:
         if state.get("stream"):
-            answer = await _stream_answer(chat, state, config, stage, runtime.stream_writer)
+            await _stream_choices(chat, state["prompt"], config, kwargs, choices, runtime.stream_writer)
         else:
-            answer = await chat.client.ainvoke(state["prompt"], config, **chat.call_kwargs(state.get("params") or {}))
-            await stage.feed(answer.text.lstrip())  # completion-style models start with a space
-            await stage.finish()
+            await _generate_choices(chat, state["prompt"], config, kwargs, choices)
     except Exception as exc:  # the model server's failures become API errors
         error = translate_upstream_error(exc, chat.route)
         if error is None:
             raise
         raise error from exc
-    usage = answer.usage_metadata or {}
+    usage = next((c.raw.usage_metadata for c in choices if c.raw.usage_metadata), None) or {}
     prompt_tokens = usage.get("input_tokens") or state["prompt_tokens"]
-    completion_tokens = usage.get("output_tokens") or chat.tokens.count_text(answer.text)
+    completion_tokens = usage.get("output_tokens") or sum(chat.tokens.count_text(c.raw.text) for c in choices)
     cached_tokens = (usage.get("input_token_details") or {}).get("cache_read") or 0
-    metadata = {"logprobs": answer.response_metadata["logprobs"]} if answer.response_metadata.get("logprobs") else {}
+    answers = [choice.answer(state["response_id"]) for choice in choices]
     return {
-        "answer": AIMessage(
-            content=stage.text, tool_calls=answer.tool_calls, id=state["response_id"], response_metadata=metadata
-        ),
+        "answer": answers[0],
+        "more_answers": answers[1:],
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "cost": chat.route.cost(prompt_tokens, completion_tokens, cached_tokens),
-        "finish_reason": "content_filter" if stage.blocked else _finish_reason(answer),
+        "finish_reason": answers[0].response_metadata["finish_reason"],
         "latency_ms": (time.perf_counter() - state["started_at"]) * 1000,
     }
 
 
-async def _stream_answer(
-    chat: ChatModel, state: ChatState, config: RunnableConfig, stage: OutputStage, write
-) -> AIMessageChunk:
-    answer: AIMessageChunk | None = None
-    started = False
-    logprobs: list[dict[str, Any]] = []
-    named: set[int] = set()
-    async for chunk in chat.client.astream(state["prompt"], config, **chat.call_kwargs(state.get("params") or {})):
+class _Choice:
+    """One choice of an answer: the model's message as it came, and the output stage it goes through."""
+
+    def __init__(self, stage: OutputStage) -> None:
+        self.stage = stage
+        self.raw: AIMessage | AIMessageChunk = AIMessageChunk(content="")
+        self.started = False  # streamed text has begun (completion-style models start with a space)
+        self.named: set[int] = set()  # tool calls whose id and name were streamed
+        self.logprobs: list[dict[str, Any]] = []
+
+    def answer(self, response_id: str) -> AIMessage:
+        """The message as the client saw it: the text the output stage let through, the finish reason."""
+        if self.stage.blocked:
+            reason = "content_filter"
+        else:
+            reason = (self.raw.response_metadata or {}).get("finish_reason")
+            reason = reason if reason in ("stop", "length", "content_filter", "tool_calls") else "stop"
+        metadata: dict[str, Any] = {"finish_reason": reason}
+        # Streamed logprobs are gathered here whole (chunk metadata would merge them key by key).
+        logprobs = {"content": self.logprobs} if self.logprobs else self.raw.response_metadata.get("logprobs")
+        if logprobs:
+            metadata["logprobs"] = logprobs
+        return AIMessage(
+            content=self.stage.text, tool_calls=self.raw.tool_calls, id=response_id, response_metadata=metadata
+        )
+
+
+async def _generate_choices(
+    chat: ChatModel, prompt: list[BaseMessage], config: RunnableConfig, kwargs: dict[str, Any], choices: list[_Choice]
+) -> None:
+    # agenerate, not ainvoke: ainvoke keeps only the first of n choices. The config's fields go as ainvoke sends them.
+    result = await chat.client.agenerate(
+        [prompt],
+        callbacks=config.get("callbacks"),
+        tags=config.get("tags"),
+        metadata=config.get("metadata"),
+        run_name=config.get("run_name"),
+        **kwargs,
+    )
+    for choice, generation in zip(choices, result.generations[0]):
+        choice.raw = generation.message
+        await choice.stage.feed(choice.raw.text.lstrip())  # completion-style models start with a space
+        await choice.stage.finish()
+
+
+async def _stream_choices(
+    chat: ChatModel,
+    prompt: list[BaseMessage],
+    config: RunnableConfig,
+    kwargs: dict[str, Any],
+    choices: list[_Choice],
+    write,
+) -> None:
+    async for chunk in chat.client.astream(prompt, config, **kwargs):
+        index = chunk.response_metadata.get("choice_index") or 0
+        if index >= len(choices):
+            continue
+        choice = choices[index]
+        if choice.stage.blocked:
+            if all(c.stage.blocked for c in choices):
+                break  # nothing more to show: stop the model
+            continue
         for part in chunk.tool_call_chunks:
             # A call's id and name come once, as OpenAI sends them; llama.cpp repeats them in every delta, which
             # would be concatenated ("JokeJoke") here and by every client.
-            if (index := part.get("index") or 0) in named:
+            if (call := part.get("index") or 0) in choice.named:
                 part["id"] = part["name"] = None
-            named.add(index)
-        answer = chunk if answer is None else answer + chunk
+            choice.named.add(call)
+        choice.raw = choice.raw + chunk
         if chunk.tool_call_chunks:
-            write({"tool_calls": [_tool_call_delta(part) for part in chunk.tool_call_chunks]})
-        delta = chunk.text if started else chunk.text.lstrip()  # completion-style models start with a space
-        started = started or bool(delta)
+            write({"index": index, "tool_calls": [_tool_call_delta(part) for part in chunk.tool_call_chunks]})
+        delta = chunk.text if choice.started else chunk.text.lstrip()
+        choice.started = choice.started or bool(delta)
         chunk_logprobs = (chunk.response_metadata.get("logprobs") or {}).get("content")
         if chunk_logprobs:
-            logprobs.extend(chunk_logprobs)
-        if delta and (released := await stage.feed(delta)):
-            event: dict[str, Any] = {"delta": released}
-            if chunk_logprobs and not stage.filters:  # a filter's text would not match the model's logprobs
+            choice.logprobs.extend(chunk_logprobs)
+        if delta and (released := await choice.stage.feed(delta)):
+            event: dict[str, Any] = {"index": index, "delta": released}
+            if chunk_logprobs and not choice.stage.filters:  # a filter's text would not match the model's logprobs
                 event["logprobs"] = {"content": chunk_logprobs}
             write(event)
-        if stage.blocked:
-            break
-    if released := await stage.finish():
-        write({"delta": released})
-    answer = answer or AIMessageChunk(content="")
-    if logprobs:
-        answer.response_metadata["logprobs"] = {"content": logprobs}
-    return answer
+    for index, choice in enumerate(choices):
+        if released := await choice.stage.finish():
+            write({"index": index, "delta": released})
 
 
 def _tool_call_delta(part: dict[str, Any]) -> dict[str, Any]:
@@ -205,8 +262,3 @@ async def persist(state: ChatState, runtime: Runtime[ChatContext]) -> dict[str, 
     if conversation_id and total:
         await context.memory.append(conversation_id, [*state["messages"], state["answer"]], total)
     return {}
-
-
-def _finish_reason(answer: AIMessage) -> str:
-    reason = (answer.response_metadata or {}).get("finish_reason")
-    return reason if reason in ("stop", "length", "content_filter", "tool_calls") else "stop"

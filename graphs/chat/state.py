@@ -34,8 +34,10 @@ class ChatState(ChatInput, total=False):
     history: list[BaseMessage]
     prompt: list[BaseMessage]
     prompt_tokens: int
-    # The answer as the client saw it: the model's text after the output stage.
+    # The answer as the client saw it: the model's text after the output stage (its finish reason and logprobs in
+    # response_metadata). The first choice, the one a conversation keeps; the others of ``n`` in ``more_answers``.
     answer: AIMessage
+    more_answers: list[AIMessage]
     completion_tokens: int
     cost: float
     finish_reason: str

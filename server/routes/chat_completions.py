@@ -14,9 +14,9 @@ import orjson
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from errors import APIError, InvalidRequest
+from errors import APIError
 from server.chat_request import ChatCompletionRequest
-from server.chat_service import ChatCall, ChatResult, ChatStream
+from server.chat_service import ChatCall, ChatChoice, ChatResult, ChatStream
 from server.deps import ChatCaller, ServicesDep
 from server.schemas import ChatCompletion, Usage
 
@@ -33,10 +33,6 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     },
 )
 async def create_chat_completion(body: ChatCompletionRequest, caller: ChatCaller, services: ServicesDep):
-    if body.n != 1:
-        raise InvalidRequest(
-            "Only n=1 is supported: ask for one choice per request.", param="n", code="unsupported_value"
-        )
     call = ChatCall(
         caller=caller,
         messages=body.lc_messages(),
@@ -58,29 +54,26 @@ async def create_chat_completion(body: ChatCompletionRequest, caller: ChatCaller
 
 
 def completion_object(result: ChatResult) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": "assistant", "content": result.text, "refusal": None}
-    if result.tool_calls:
-        message["tool_calls"] = result.tool_calls
-        message["content"] = result.text or None  # as OpenAI: null content beside tool calls
     body: dict[str, Any] = {
         "id": result.response_id,
         "object": "chat.completion",
         "created": result.created,
         "model": result.model,
         "system_fingerprint": None,
-        "choices": [
-            {
-                "index": 0,
-                "message": message,
-                "logprobs": result.logprobs,
-                "finish_reason": result.finish_reason,
-            }
-        ],
+        "choices": [_choice_object(index, choice) for index, choice in enumerate(result.choices)],
         "usage": Usage.of(result.prompt_tokens, result.completion_tokens).model_dump(),
     }
     if result.conversation_id:
         body["conversation_id"] = result.conversation_id
     return body
+
+
+def _choice_object(index: int, choice: ChatChoice) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": choice.text, "refusal": None}
+    if choice.tool_calls:
+        message["tool_calls"] = choice.tool_calls
+        message["content"] = choice.text or None  # as OpenAI: null content beside tool calls
+    return {"index": index, "message": message, "logprobs": choice.logprobs, "finish_reason": choice.finish_reason}
 
 
 async def sse_chunks(stream: ChatStream, include_usage: bool) -> AsyncIterator[bytes]:
@@ -92,14 +85,21 @@ async def sse_chunks(stream: ChatStream, include_usage: bool) -> AsyncIterator[b
     shape = _ChunkShape(info["response_id"], info["model_name"], info.get("conversation_id"), include_usage)
     try:
         yield shape.event({"role": "assistant", "content": ""})
+        opened = {0}
         async for part in stream:
+            if part.index not in opened:  # each choice opens with its role, as OpenAI streams n choices
+                opened.add(part.index)
+                yield shape.event({"role": "assistant", "content": ""}, index=part.index)
             if part.tool_calls:
-                yield shape.event({"tool_calls": part.tool_calls})
+                yield shape.event({"tool_calls": part.tool_calls}, index=part.index)
             if part.text:
-                yield shape.event({"content": part.text}, logprobs=part.logprobs)
+                yield shape.event({"content": part.text}, logprobs=part.logprobs, index=part.index)
         result = stream.result
         assert result is not None
-        yield shape.event({}, result.finish_reason)
+        for index, choice in enumerate(result.choices):
+            if index not in opened:
+                yield shape.event({"role": "assistant", "content": ""}, index=index)
+            yield shape.event({}, choice.finish_reason, index=index)
         if include_usage:
             yield shape.event(None, usage=Usage.of(result.prompt_tokens, result.completion_tokens).model_dump())
         yield b"data: [DONE]\n\n"
@@ -120,13 +120,18 @@ class _ChunkShape:
         self.conversation_id = conversation_id
 
     def event(
-        self, delta: dict[str, Any] | None, finish_reason: str | None = None, usage: Any = None, logprobs: Any = None
+        self,
+        delta: dict[str, Any] | None,
+        finish_reason: str | None = None,
+        usage: Any = None,
+        logprobs: Any = None,
+        index: int = 0,
     ) -> bytes:
-        """One SSE event; ``delta=None`` makes the usage chunk, whose ``choices`` is empty."""
+        """One SSE event of choice ``index``; ``delta=None`` makes the usage chunk, whose ``choices`` is empty."""
         choices = (
             []
             if delta is None
-            else [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}]
+            else [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}]
         )
         body = {**self.common, "choices": choices}
         if self.include_usage:

@@ -91,9 +91,9 @@ def chat_runnable(service: ChatService) -> Runnable:
         if not configurable.get("stream", True):  # /invoke and /batch: the client waits for the whole answer
             result = await service.complete(call, config)
             yield AIMessageChunk(
-                content=result.text,
+                content=result.first.text,
                 id=result.response_id,
-                tool_call_chunks=[_tool_call_chunk(index, call) for index, call in enumerate(result.tool_calls)],
+                tool_call_chunks=[_tool_call_chunk(index, call) for index, call in enumerate(result.first.tool_calls)],
             )
         else:
             stream = await service.stream(call, config)
@@ -108,7 +108,7 @@ def chat_runnable(service: ChatService) -> Runnable:
             content="",
             id=result.response_id,
             response_metadata={
-                "finish_reason": result.finish_reason,
+                "finish_reason": result.first.finish_reason,
                 "model_name": result.model,
                 "conversation_id": result.conversation_id,
             },
