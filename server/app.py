@@ -14,11 +14,26 @@ from server.gateway.body_limit import BodySizeLimit
 from server.gateway.rate_limits import RateLimitHeaders
 from server.gateway.request_context import install as install_request_context
 from server.openapi import document_api
-from server.routes import admin, chat_completions, conversations, health, langserve_chat, model_list, prometheus, usage
+from server.routes import (
+    admin,
+    chat_completions,
+    conversations,
+    embeddings,
+    files,
+    health,
+    langserve_chat,
+    model_list,
+    prometheus,
+    usage,
+    vector_stores,
+)
 from server.services import Services
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# Room for the multipart framing and the `purpose` field around an upload of `max_file_bytes`.
+MULTIPART_ALLOWANCE = 64 * 1024
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -37,11 +52,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.services = services
     app.state.metrics = services.metrics
     install_error_handlers(app)
-    for module in (health, model_list, chat_completions, conversations, usage, admin, prometheus):
+    routers = (health, model_list, chat_completions, embeddings, conversations, files, vector_stores, usage, admin)
+    for module in (*routers, prometheus):
         app.include_router(module.router)
     langserve_chat.mount(app, services)
     document_api(app)
     app.add_middleware(RateLimitHeaders)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.max_body_bytes,
+        per_path={"/v1/files": max(settings.max_body_bytes, settings.max_file_bytes + MULTIPART_ALLOWANCE)},
+    )
     install_request_context(app, services.metrics)  # outermost: request id and access log on every response
     return app

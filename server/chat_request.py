@@ -166,6 +166,12 @@ class ChatCompletionRequest(BaseModel):
     conversation_id: StrictStr | None = Field(
         None, min_length=1, max_length=64, description='server-side memory: an id, or "new" to start one'
     )
+    vector_store_ids: list[Annotated[StrictStr, Field(min_length=1, max_length=64)]] | None = Field(
+        None,
+        max_length=8,
+        description="ground the answer in these vector stores (the app's default store when omitted; [] for none)",
+    )
+    cache: StrictBool | None = Field(None, description="false: neither answered from the semantic cache nor stored")
 
     @field_validator("stop")
     @classmethod

@@ -52,6 +52,10 @@ class ChatCall:
     # OpenAI's generation parameters (``max_tokens``, ``temperature``, ``stop``, ...); None means unset.
     params: dict[str, Any] = field(default_factory=dict)
     user: str | None = None
+    # The vector stores to ground the answer in (None: the app's default store, if it has one).
+    vector_store_ids: list[str] | None = None
+    # False: neither answered from the semantic cache nor stored in it.
+    use_cache: bool = True
     # The run id of the entry point's own trace run, when it has one (LangServe); the service mints one otherwise.
     run_id: uuid.UUID | None = None
 
@@ -86,6 +90,9 @@ class ChatResult:
     completion_tokens: int
     conversation_id: str | None = None
     cost: float = 0.0
+    # Answered from the semantic cache; the knowledge chunks the answer was grounded in.
+    cached: bool = False
+    citations: list[dict[str, Any]] = field(default_factory=list)
     created: int = field(default_factory=lambda: int(time.time()))
 
     @property
@@ -221,6 +228,9 @@ class _Run:
             "key_prefix": caller.key_prefix,
             "app_system_prompt": caller.system_prompt,
             "allowed_models": list(caller.allowed_models) if caller.allowed_models is not None else None,
+            "vector_store_ids": call.vector_store_ids,
+            "app_default_store": caller.default_vector_store_id,
+            "use_cache": call.use_cache and caller.cache_enabled,
         }
 
     def first_token(self, info: dict[str, Any]) -> None:
@@ -239,8 +249,10 @@ class _Run:
             completion_tokens=int(state.get("completion_tokens") or 0),
             conversation_id=state.get("conversation_id"),
             cost=float(state.get("cost") or 0.0),
+            cached=state.get("cache") == "hit",
+            citations=state.get("citations") or [],
         )
-        if result.total_tokens or result.cost:
+        if not result.cached and (result.total_tokens or result.cost):  # a cached answer spends no model capacity
             self.service.spawn(
                 self.service.limiter.spend(self.call.caller, tokens=result.total_tokens, cost=result.cost)
             )
@@ -320,6 +332,9 @@ class ChatStream:
     def _absorb(self, mode: str, chunk: Any) -> StreamPart | None:
         """Take one graph event in; the part of the answer it carries, if any."""
         if mode == "custom":
+            if "info" in chunk:  # what the run settled before its text (a cache hit), for the response's headers
+                self.info.update(chunk["info"])
+                return None
             self._run.first_token(self.info)
             return StreamPart(
                 chunk.get("delta", ""), chunk.get("tool_calls"), chunk.get("logprobs"), chunk.get("index", 0)

@@ -121,7 +121,11 @@ def _limits(args: argparse.Namespace) -> dict:
 def apps_create(args: argparse.Namespace) -> int:
     async def action(services):
         return await services.tenants.create_app(
-            args.name, system_prompt=args.system_prompt, allowed_models=args.models, **_limits(args)
+            args.name,
+            system_prompt=args.system_prompt,
+            allowed_models=args.models,
+            cache_enabled=not args.no_cache,
+            **_limits(args),
         )
 
     app = asyncio.run(_with_services(Settings(), action))
@@ -229,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument(
         "--budget", type=_budget, metavar="AMOUNT", help="monthly budget (UTC months), shared by all its keys"
     )
+    create.add_argument("--no-cache", action="store_true", help="never answer its requests from the semantic cache")
     create.set_defaults(handler=apps_create)
     apps.add_parser("list", help="list apps").set_defaults(handler=apps_list)
 

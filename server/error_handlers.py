@@ -55,7 +55,18 @@ def validation_error(exc: RequestValidationError) -> APIError:
 
 _UNION_BRANCHES = {"str", "int", "float", "bool", "none", "dict", "list"}
 # Tags of the discriminated unions in request bodies: pydantic puts the chosen branch's tag in the location.
-_UNION_TAGS = {"system", "developer", "user", "assistant", "tool", "text", "image_url", "input_audio", "file", "refusal"}
+_UNION_TAGS = {
+    "system",
+    "developer",
+    "user",
+    "assistant",
+    "tool",
+    "text",
+    "image_url",
+    "input_audio",
+    "file",
+    "refusal",
+}
 
 
 def _param_path(location: list[str]) -> str:
@@ -107,7 +118,9 @@ def install_error_handlers(app: FastAPI) -> None:
         else:
             error = APIError(str(exc.detail))
             error.status_code = exc.status_code
-            error.type = _STATUS_TYPES.get(exc.status_code, "invalid_request_error" if exc.status_code < 500 else "server_error")
+            error.type = _STATUS_TYPES.get(
+                exc.status_code, "invalid_request_error" if exc.status_code < 500 else "server_error"
+            )
         return error_response(error)
 
     @app.exception_handler(Exception)

@@ -48,6 +48,16 @@ class Choice(BaseModel):
     finish_reason: Literal["stop", "length", "content_filter", "tool_calls"]
 
 
+class Citation(BaseModel):
+    """A knowledge chunk an answer was grounded in: ``[n]`` in the answer refers to the n-th citation."""
+
+    file_id: str
+    filename: str
+    chunk: int = Field(description="the chunk's number in the file, from 0")
+    score: float = Field(description="the chunk's relevance to the question, from 0 to 1 (cosine similarity)")
+    quote: str = Field(description="the chunk's text")
+
+
 class ChatCompletion(BaseModel):
     id: str = Field(description="the response id; also the LangSmith run id, and what feedback refers to")
     object: Literal["chat.completion"] = "chat.completion"
@@ -57,6 +67,7 @@ class ChatCompletion(BaseModel):
     choices: list[Choice]
     usage: Usage
     conversation_id: str | None = Field(None, description="present when the request used server-side memory")
+    citations: list[Citation] | None = Field(None, description="present when the answer was grounded in vector stores")
 
 
 class ResponseBody(BaseModel):
@@ -146,6 +157,7 @@ class ConversationAssistantMessage(ConversationMessage):
     tool_calls: list[dict[str, Any]] | None = Field(
         description='the tools it called, in OpenAI\'s shape ({"id", "type", "function": {"name", "arguments"}})'
     )
+    citations: list[Citation] | None = Field(description="the knowledge chunks the answer was grounded in")
 
 
 class ConversationToolMessage(ConversationMessage):
@@ -199,6 +211,8 @@ class App(ResponseBody):
     monthly_budget: float | None = Field(
         description="spending limit per calendar month (UTC), shared by all the app's keys; null for none"
     )
+    cache_enabled: bool = Field(description="whether the semantic cache may answer the app's requests")
+    default_vector_store_id: str | None = Field(description="the store that grounds requests naming none")
     created_at: int
 
 

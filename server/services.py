@@ -12,16 +12,22 @@ from dataclasses import dataclass
 import httpx
 from redis.asyncio import Redis
 
+from chains.embedding_models import EmbeddingModel, build_embedding_model
 from chains.model_routes import ModelRegistry
 from errors import Conflict
 from graphs.chat import ChatContext, build_chat_graph
 from memory import ConversationMemory, RedisMemory, SqlMemory
+from memory.semantic_cache import SemanticCache
 from server.chat_service import ChatService
 from server.gateway.auth import Authenticator
 from server.gateway.prometheus_metrics import Metrics
 from server.gateway.rate_limits import RateLimiter
+from server.knowledge_base import KnowledgeBase
+from server.knowledge_index import LazyKnowledgeIndex
 from server.settings import Settings
 from storage import ConversationStore, Database, TenantStore
+from storage.files import FileStore
+from storage.vector_stores import VectorStores
 
 
 @dataclass
@@ -36,6 +42,13 @@ class Services:
     limiter: RateLimiter
     metrics: Metrics
     chat: ChatService
+    # The knowledge base: the embedding model, the Chroma index (opened on first use), files and vector stores in SQL
+    # (files' bytes in data_dir/files), and the operations across them with the background ingestions.
+    embeddings: EmbeddingModel
+    knowledge: LazyKnowledgeIndex
+    files: FileStore
+    vector_stores: VectorStores
+    knowledge_base: KnowledgeBase
     redis: Redis | None = None
 
     @classmethod
@@ -54,12 +67,30 @@ class Services:
         tenants = TenantStore(db)
         metrics = Metrics()
         limiter = RateLimiter(settings.redis_url, on_reject=metrics.rate_limited)
+        embeddings = build_embedding_model(settings.embedding_route)
+        knowledge = LazyKnowledgeIndex(settings.data_dir, settings.chroma_url, embeddings.embeddings)
+        files = FileStore(db, settings.data_dir / "files")
+        vector_stores = VectorStores(db)
         context = ChatContext(
             models=models,
             store=store,
             memory=memory,
             system_prompt=settings.system_prompt,
             memory_max_tokens=settings.memory_max_tokens,
+            knowledge=knowledge,
+            vector_stores=vector_stores,
+            embeddings=embeddings.embeddings,
+            retrieval_top_k=settings.retrieval_top_k,
+            retrieval_min_score=settings.retrieval_min_score,
+            cache=SemanticCache(
+                knowledge.client,
+                redis=redis,
+                threshold=settings.cache_similarity_threshold,
+                ttl_seconds=settings.cache_ttl_seconds,
+            )
+            if settings.cache_enabled
+            else None,
+            cache_max_temperature=settings.cache_max_temperature,
         )
         return cls(
             settings=settings,
@@ -72,6 +103,18 @@ class Services:
             limiter=limiter,
             metrics=metrics,
             chat=ChatService(build_chat_graph(), context, limiter, metrics),
+            embeddings=embeddings,
+            knowledge=knowledge,
+            files=files,
+            vector_stores=vector_stores,
+            knowledge_base=KnowledgeBase(
+                files,
+                vector_stores,
+                knowledge,
+                embeddings.embeddings,
+                chunk_size=settings.chunk_size,
+                chunk_overlap=settings.chunk_overlap,
+            ),
             redis=redis,
         )
 
@@ -91,6 +134,9 @@ class Services:
 
     async def close(self) -> None:
         await self.chat.drain()
+        await self.knowledge_base.close()
+        await self.knowledge.close()
+        await self.embeddings.aclose()
         await self.limiter.aclose()
         if self.redis is not None:
             await self.redis.aclose()
@@ -103,7 +149,9 @@ class Services:
             checks["redis"] = self.redis.ping()
         async with httpx.AsyncClient(timeout=3) as client:
             for chat in self.models:
-                checks[f"model:{chat.route.name}"] = _probe_model(client, chat.route.base_url, chat.route.resolve_api_key())
+                checks[f"model:{chat.route.name}"] = _probe_model(
+                    client, chat.route.base_url, chat.route.resolve_api_key()
+                )
             results = await asyncio.gather(*checks.values(), return_exceptions=True)
         return {
             name: "ok" if not isinstance(result, BaseException) else f"{type(result).__name__}: {result}"[:200]

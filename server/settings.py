@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from chains.embeddings import EmbeddingRoute
 from chains.local_model import LOCAL_MODEL_NAME, local_route
 from chains.model_routes import ModelRoute
 
@@ -47,6 +49,29 @@ class Settings(BaseSettings):
     admin_key: SecretStr | None = None
     metrics_require_admin: bool = Field(False, description="GET /metrics needs an admin key")
 
+    # The knowledge base: files, vector stores, embeddings.
+    chroma_url: str | None = Field(None, description="a Chroma server (`chroma run`); embedded in data_dir when unset")
+    embedding_route: EmbeddingRoute | None = Field(
+        None, description="an OpenAI-compatible embeddings endpoint; the local all-MiniLM-L6-v2 when unset"
+    )
+    max_file_bytes: int = Field(20 * 1024 * 1024, gt=0, description="largest upload to POST /v1/files")
+    chunk_size: int = Field(800, ge=100, le=20_000, description="characters per chunk of an ingested file")
+    chunk_overlap: int = Field(120, ge=0, description="characters shared by neighbouring chunks")
+    # Read by the chat graph's retrieval: how many chunks a grounded answer sees, and the cosine similarity a chunk
+    # needs to count as relevant (0.3 separates related text from noise with all-MiniLM-L6-v2; 0 keeps everything).
+    retrieval_top_k: int = Field(5, ge=1, le=50)
+    retrieval_min_score: float = Field(0.3, ge=0.0, le=1.0)
+
+    # The semantic cache (graphs/chat/knowledge.py has the rules of what it may answer).
+    cache_enabled: bool = Field(True, description="answer repeated and paraphrased questions from the cache")
+    cache_similarity_threshold: float = Field(
+        0.90, gt=0.0, le=1.0, description="cosine similarity a paraphrase needs (bench/semantic_cache_threshold.py)"
+    )
+    cache_ttl_seconds: int = Field(86400, gt=0, description="how long a cached answer is served")
+    cache_max_temperature: float = Field(
+        0.5, ge=0.0, le=2.0, description="requests sampling hotter (unset: the route's default, else 1) bypass it"
+    )
+
     @model_validator(mode="before")
     @classmethod
     def _merge_config_file(cls, data: Any) -> Any:
@@ -60,6 +85,18 @@ class Settings(BaseSettings):
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: expected a mapping of settings at the top level")
         return {**loaded, **data}
+
+    @model_validator(mode="after")
+    def _check_knowledge(self) -> Settings:
+        if self.chunk_overlap >= self.chunk_size:
+            raise ValueError("chunk_overlap must be smaller than chunk_size")
+        if self.chroma_url is not None:
+            parts = urlsplit(self.chroma_url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(
+                    f"chroma_url must be an http(s) URL such as http://127.0.0.1:8001: {self.chroma_url!r}"
+                )
+        return self
 
     @property
     def resolved_database_url(self) -> str:

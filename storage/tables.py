@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Float, ForeignKey, Integer, String, Text, text
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Integer, String, Text, text, true
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -34,6 +34,10 @@ class App(Base):
     tpm: Mapped[int | None] = mapped_column(Integer)
     # Spending limit per calendar month (UTC) in currency units, shared by all the app's keys; None: no limit.
     monthly_budget: Mapped[float | None] = mapped_column(Float)
+    # The vector store a chat request searches when it names none (migration 0004).
+    default_vector_store_id: Mapped[str | None] = mapped_column(String(64))
+    # False turns the semantic cache off for all the app's requests.
+    cache_enabled: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     created_at: Mapped[int] = mapped_column(Integer, default=now)
 
 
@@ -87,6 +91,8 @@ class Message(Base):
     # An assistant's tool calls ([{"name", "args", "id"}]) and the call a tool message answers (migration 0003).
     tool_calls: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     tool_call_id: Mapped[str | None] = mapped_column(String(128))
+    # The knowledge chunks an answer was grounded in ([{"file_id", "filename", "chunk", "score", "quote"}]).
+    citations: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     created_at: Mapped[int] = mapped_column(Integer, default=now)
 
 
@@ -109,3 +115,55 @@ class Usage(Base):
     status: Mapped[str] = mapped_column(String(32), default="ok")
     # What the request cost at its route's prices (currency units); 0 for failures and unpriced routes.
     cost: Mapped[float] = mapped_column(Float, default=0.0, server_default=text("0"))
+
+
+class File(Base):
+    """An uploaded file (OpenAI's file object); its bytes live in the data directory under ``path``."""
+
+    __tablename__ = "files"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    app_id: Mapped[str] = mapped_column(String(64), index=True)
+    filename: Mapped[str] = mapped_column(String(512))
+    purpose: Mapped[str] = mapped_column(String(32))
+    bytes: Mapped[int] = mapped_column(Integer)
+    # text, markdown, html or pdf: how its text is extracted.
+    kind: Mapped[str] = mapped_column(String(16))
+    sha256: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(String(512))
+    # uploaded, processed or error (with status_details saying why).
+    status: Mapped[str] = mapped_column(String(16), default="uploaded")
+    status_details: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[int] = mapped_column(Integer, default=now, index=True)
+
+
+class VectorStore(Base):
+    """A named knowledge collection of an app; its chunks live in Chroma, one collection per store."""
+
+    __tablename__ = "vector_stores"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    app_id: Mapped[str] = mapped_column(String(64), index=True)
+    name: Mapped[str | None] = mapped_column(String(256))
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    # Bumped on every change of content: keyword indexes and cached answers of older versions are stale.
+    content_version: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[int] = mapped_column(Integer, default=now, index=True)
+    last_active_at: Mapped[int | None] = mapped_column(Integer)
+
+
+class VectorStoreFile(Base):
+    """A file attached to a store: ingestion goes in_progress -> completed | failed (``last_error`` says why)."""
+
+    __tablename__ = "vector_store_files"
+
+    vector_store_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("vector_stores.id", ondelete="CASCADE"), primary_key=True
+    )
+    file_id: Mapped[str] = mapped_column(String(64), ForeignKey("files.id", ondelete="CASCADE"), primary_key=True)
+    app_id: Mapped[str] = mapped_column(String(64), index=True)
+    status: Mapped[str] = mapped_column(String(16), default="in_progress")
+    last_error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    chunks: Mapped[int] = mapped_column(Integer, default=0)
+    usage_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[int] = mapped_column(Integer, default=now)

@@ -50,6 +50,9 @@ class Caller:
     # Monthly budgets (currency units, calendar month in UTC); both apply when both are set.
     app_budget: float | None = None  # shared by all the app's keys
     key_budget: float | None = None  # this key's own
+    # The knowledge base and the semantic cache of the app.
+    default_vector_store_id: str | None = None
+    cache_enabled: bool = True
 
     def may_use(self, model: str) -> bool:
         return self.allowed_models is None or model in self.allowed_models
@@ -76,6 +79,7 @@ class TenantStore:
         rpm: int | None = None,
         tpm: int | None = None,
         monthly_budget: float | None = None,
+        cache_enabled: bool = True,
     ) -> App:
         app = App(
             id=f"app_{uuid.uuid4().hex[:16]}",
@@ -85,6 +89,7 @@ class TenantStore:
             rpm=rpm,
             tpm=tpm,
             monthly_budget=monthly_budget,
+            cache_enabled=cache_enabled,
             created_at=now(),
         )
         try:
@@ -226,4 +231,6 @@ class TenantStore:
             expires_at=key.expires_at,
             app_budget=app.monthly_budget if app else None,
             key_budget=key.monthly_budget,
+            default_vector_store_id=app.default_vector_store_id if app else None,
+            cache_enabled=app.cache_enabled if app and app.cache_enabled is not None else True,
         )

@@ -50,6 +50,7 @@ class TurnRecord:
     key_prefix: str | None = None
     cached: bool = False
     cost: float = 0.0  # at the route's prices; a failure costs nothing
+    citations: list[dict[str, Any]] | None = None  # the knowledge chunks the answer was grounded in
 
     @classmethod
     def failure(
@@ -95,7 +96,7 @@ def _message_row(conversation_id: str, role: str, content: str, stamp: int, **fi
     row = dict.fromkeys(
         (
             "response_id", "model", "prompt_tokens", "completion_tokens", "latency_ms", "finish_reason",
-            "tool_calls", "tool_call_id",
+            "tool_calls", "tool_call_id", "citations",
         )
     )  # fmt: skip
     row.update(conversation_id=conversation_id, role=role, content=content, created_at=stamp, **fields)
@@ -241,6 +242,7 @@ class ConversationStore:
                             latency_ms=turn.latency_ms,
                             finish_reason=turn.finish_reason,
                             tool_calls=turn.answer_tool_calls,
+                            citations=turn.citations or None,
                         )
                     )
                     await conn.execute(insert(Message), rows)

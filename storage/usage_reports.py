@@ -13,9 +13,7 @@ from storage.tables import Usage
 GroupBy = Literal["day", "model", "key", "app"]
 
 
-async def usage_summary(
-    db: Database, *, app_id: str | None, start: int, end: int, group_by: GroupBy
-) -> list[dict]:
+async def usage_summary(db: Database, *, app_id: str | None, start: int, end: int, group_by: GroupBy) -> list[dict]:
     """Totals per group for ``start <= created_at < end``; ``app_id=None`` spans every app."""
     group = {
         "day": cast(Usage.created_at - Usage.created_at % 86400, Integer),

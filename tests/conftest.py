@@ -81,7 +81,8 @@ def make_settings(tmp_path: Path, request: pytest.FixtureRequest) -> Callable[..
     overrides name model routes."""
 
     def make(**overrides) -> Settings:
-        values: dict = {"data_dir": tmp_path / "data", "admin_key": ADMIN_KEY}
+        # The semantic cache is off unless a test turns it on: a repeated question must reach the model elsewhere.
+        values: dict = {"data_dir": tmp_path / "data", "admin_key": ADMIN_KEY, "cache_enabled": False}
         if "model_routes" not in overrides:
             if "llama" not in request.fixturenames:  # asked for at run time, after collection marked tests slow
                 pytest.fail("this test runs the real local model: let one of its fixtures take `llama`")
@@ -182,6 +183,15 @@ def live_server(make_settings) -> Iterator[Callable[..., LiveServer]]:
 def server(live_server, llama) -> LiveServer:
     """A live server on the embedded defaults (SQL memory)."""
     return live_server()
+
+
+@pytest.fixture
+def kb_server(live_server, mock_upstream) -> LiveServer:
+    """A live server for the knowledge base's tests: its chat route is the mock upstream (no llama.cpp); Chroma is
+    embedded in its data dir and the embeddings are the real local model."""
+    from chains.model_routes import ModelRoute
+
+    return live_server(model_routes=[ModelRoute(name="mock", base_url=mock_upstream, max_retries=0, timeout=10)])
 
 
 @pytest.fixture

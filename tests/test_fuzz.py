@@ -118,6 +118,8 @@ USER = {"role": "user", "content": "Hello"}
         ),
         ("POST", "/v1/conversations", {"title": "fuzz"}),
         ("GET", "/v1/models/mock", None),
+        ("POST", "/v1/embeddings", {"model": "all-MiniLM-L6-v2", "input": ["Hello", "World"]}),
+        ("POST", "/v1/vector_stores", {"name": "fuzz", "metadata": {"kind": "test"}}),
         ("POST", "/chat/invoke", {"input": {"messages": [HUMAN]}}),
         ("POST", "/chat/batch", {"inputs": [{"messages": [HUMAN]}]}),
         pytest.param(

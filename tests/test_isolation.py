@@ -260,11 +260,12 @@ def test_allowed_models_limit_what_an_app_sees_and_uses(two_model_server):
         allowed = chat(client, model="gemma-3-270m")
         assert allowed.status_code == 200, allowed.text
         assert allowed.json()["model"] == "gemma-3-270m"
-    # An app with every route allowed sees both; so does the admin key.
+    # An app with every route allowed sees both, and the embedding model; so does the admin key.
+    every = ["gemma-3-270m", "gemma-alias", "all-MiniLM-L6-v2"]
     with server.http() as client:
-        assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["gemma-3-270m", "gemma-alias"]
+        assert [m["id"] for m in client.get("/v1/models").json()["data"]] == every
     with server.http(key=ADMIN_KEY) as admin:
-        assert [m["id"] for m in admin.get("/v1/models").json()["data"]] == ["gemma-3-270m", "gemma-alias"]
+        assert [m["id"] for m in admin.get("/v1/models").json()["data"]] == every
 
 
 def test_an_app_with_no_allowed_models_can_use_none(server):

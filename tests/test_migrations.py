@@ -26,7 +26,10 @@ from storage.tables import Base
 from tests.conftest import ADMIN_KEY, ROOT, genai_serve
 from tests.postgres import fresh_postgres_database
 
-TABLES = {"alembic_version", "apps", "api_keys", "conversations", "messages", "usage"}
+TABLES = {
+    "alembic_version", "apps", "api_keys", "conversations", "messages", "usage", "files", "vector_stores",
+    "vector_store_files",
+}  # fmt: skip
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

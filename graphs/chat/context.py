@@ -2,12 +2,38 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from langchain_core.embeddings import Embeddings
 
 from chains.model_routes import ModelRegistry
 from chains.output_stage import OutputFilterFactory
 from memory.history import ConversationMemory
+from memory.semantic_cache import SemanticCache
 from storage.transcripts import ConversationStore
+
+
+class KnowledgeSearch(Protocol):
+    """What retrieval needs of the knowledge index (``memory.knowledge.KnowledgeIndex``)."""
+
+    async def search(
+        self,
+        store_ids: Sequence[str],
+        query: str,
+        *,
+        vector: Sequence[float] | None = None,
+        versions: Mapping[str, int] | None = None,
+        k: int = 5,
+        min_score: float = 0.0,
+    ) -> list[Any]: ...
+
+
+class StoreVersions(Protocol):
+    """The app's vector stores by id (``storage.vector_stores.VectorStores``): 404 for another app's or none."""
+
+    async def get(self, app_id: str, store_id: str, *, param: str = ...) -> Any: ...
 
 
 @dataclass
@@ -21,3 +47,13 @@ class ChatContext:
     memory_max_tokens: int = 2048
     # Made afresh for each answer, in order; see chains.output_stage for what a filter may do.
     output_filters: list[OutputFilterFactory] = field(default_factory=list)
+    # The knowledge base (None: requests that name stores are refused) and the question embeddings it shares with
+    # the semantic cache (None: no cache).
+    knowledge: KnowledgeSearch | None = None
+    vector_stores: StoreVersions | None = None
+    embeddings: Embeddings | None = None
+    cache: SemanticCache | None = None
+    retrieval_top_k: int = 5
+    retrieval_min_score: float = 0.0
+    # Requests sampling hotter than this are neither answered from the cache nor stored in it.
+    cache_max_temperature: float = 1.0

@@ -1,4 +1,11 @@
-"""The chat request path, wired: preprocess -> load_memory -> call_model -> persist."""
+"""The chat request path, wired:
+
+    preprocess -> load_memory -> lookup_cache -> retrieve_context -> call_model -> persist
+                                      `---------------- a cache hit ----------------^
+
+The cache is looked up after the conversation's memory is loaded (a Redis read, nothing for stateless requests):
+the prior turns are part of what a cached answer must match.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 
 from graphs.chat.context import ChatContext
+from graphs.chat.knowledge import after_cache, lookup_cache, retrieve_context
 from graphs.chat.nodes import call_model, load_memory, persist, preprocess
 from graphs.chat.state import ChatInput, ChatState
 
@@ -15,11 +23,15 @@ def build_chat_graph() -> CompiledStateGraph:
     graph = StateGraph(ChatState, input_schema=ChatInput, context_schema=ChatContext)
     graph.add_node("preprocess", preprocess)
     graph.add_node("load_memory", load_memory)
+    graph.add_node("lookup_cache", lookup_cache)
+    graph.add_node("retrieve_context", retrieve_context)
     graph.add_node("call_model", call_model)
     graph.add_node("persist", persist)
     graph.add_edge(START, "preprocess")
     graph.add_edge("preprocess", "load_memory")
-    graph.add_edge("load_memory", "call_model")
+    graph.add_edge("load_memory", "lookup_cache")
+    graph.add_conditional_edges("lookup_cache", after_cache, ["retrieve_context", "persist"])
+    graph.add_edge("retrieve_context", "call_model")
     graph.add_edge("call_model", "persist")
     graph.add_edge("persist", END)
     return graph.compile(name="chat")

@@ -8,15 +8,17 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, SystemMessage, trim_messages
+from langchain_core.messages import BaseMessage, SystemMessage, trim_messages
 from langchain_core.runnables import RunnableConfig
 from langgraph.runtime import Runtime
 
-from chains.model_routes import ChatModel, translate_upstream_error
+from chains.model_routes import translate_upstream_error
 from chains.output_stage import OutputStage
 from chains.route_features import check_request, content_kinds
 from errors import ContextLengthExceeded, InvalidRequest
+from graphs.chat.answers import Choice, generate_choices, stream_choices
 from graphs.chat.context import ChatContext
+from graphs.chat.knowledge import remember_answer, resolve_stores
 from graphs.chat.state import ChatState
 from storage.message_records import tool_calls_of
 from storage.transcripts import TurnRecord, new_conversation_id
@@ -67,7 +69,9 @@ async def preprocess(state: ChatState, runtime: Runtime[ChatContext]) -> dict[st
             "Please reduce the length of the messages or completion.",
             param="messages",
         )
+    stores = await resolve_stores(state, context)
     return {
+        "stores": stores,
         "messages": turn,
         "system": system,
         "model_name": chat.route.name,
@@ -109,12 +113,12 @@ async def call_model(state: ChatState, config: RunnableConfig, runtime: Runtime[
     chat = context.models.get(state["model_name"])
     params = state.get("params") or {}
     kwargs = chat.call_kwargs(params)
-    choices = [_Choice(OutputStage.for_answer(context.output_filters, state)) for _ in range(params.get("n") or 1)]
+    choices = [Choice(OutputStage.for_answer(context.output_filters, state)) for _ in range(params.get("n") or 1)]
     try:
         if state.get("stream"):
-            await _stream_choices(chat, state["prompt"], config, kwargs, choices, runtime.stream_writer)
+            await stream_choices(chat, state["prompt"], config, kwargs, choices, runtime.stream_writer)
         else:
-            await _generate_choices(chat, state["prompt"], config, kwargs, choices)
+            await generate_choices(chat, state["prompt"], config, kwargs, choices)
     except Exception as exc:  # the model server's failures become API errors
         error = translate_upstream_error(exc, chat.route)
         if error is None:
@@ -134,105 +138,6 @@ async def call_model(state: ChatState, config: RunnableConfig, runtime: Runtime[
         "finish_reason": answers[0].response_metadata["finish_reason"],
         "latency_ms": (time.perf_counter() - state["started_at"]) * 1000,
     }
-
-
-class _Choice:
-    """One choice of an answer: the model's message as it came, and the output stage it goes through."""
-
-    def __init__(self, stage: OutputStage) -> None:
-        self.stage = stage
-        self.raw: AIMessage | AIMessageChunk = AIMessageChunk(content="")
-        self.started = False  # streamed text has begun (completion-style models start with a space)
-        self.named: set[int] = set()  # tool calls whose id and name were streamed
-        self.logprobs: list[dict[str, Any]] = []
-
-    def answer(self, response_id: str) -> AIMessage:
-        """The message as the client saw it: the text the output stage let through, the finish reason."""
-        if self.stage.blocked:
-            reason = "content_filter"
-        else:
-            reason = (self.raw.response_metadata or {}).get("finish_reason")
-            reason = reason if reason in ("stop", "length", "content_filter", "tool_calls") else "stop"
-        metadata: dict[str, Any] = {"finish_reason": reason}
-        # Streamed logprobs are gathered here whole (chunk metadata would merge them key by key).
-        logprobs = {"content": self.logprobs} if self.logprobs else self.raw.response_metadata.get("logprobs")
-        if logprobs:
-            metadata["logprobs"] = logprobs
-        return AIMessage(
-            content=self.stage.text, tool_calls=self.raw.tool_calls, id=response_id, response_metadata=metadata
-        )
-
-
-async def _generate_choices(
-    chat: ChatModel, prompt: list[BaseMessage], config: RunnableConfig, kwargs: dict[str, Any], choices: list[_Choice]
-) -> None:
-    # agenerate, not ainvoke: ainvoke keeps only the first of n choices. The config's fields go as ainvoke sends them.
-    result = await chat.client.agenerate(
-        [prompt],
-        callbacks=config.get("callbacks"),
-        tags=config.get("tags"),
-        metadata=config.get("metadata"),
-        run_name=config.get("run_name"),
-        **kwargs,
-    )
-    for choice, generation in zip(choices, result.generations[0]):
-        choice.raw = generation.message
-        await choice.stage.feed(choice.raw.text.lstrip())  # completion-style models start with a space
-        await choice.stage.finish()
-
-
-async def _stream_choices(
-    chat: ChatModel,
-    prompt: list[BaseMessage],
-    config: RunnableConfig,
-    kwargs: dict[str, Any],
-    choices: list[_Choice],
-    write,
-) -> None:
-    async for chunk in chat.client.astream(prompt, config, **kwargs):
-        index = chunk.response_metadata.get("choice_index") or 0
-        if index >= len(choices):
-            continue
-        choice = choices[index]
-        if choice.stage.blocked:
-            if all(c.stage.blocked for c in choices):
-                break  # nothing more to show: stop the model
-            continue
-        for part in chunk.tool_call_chunks:
-            # A call's id and name come once, as OpenAI sends them; llama.cpp repeats them in every delta, which
-            # would be concatenated ("JokeJoke") here and by every client.
-            if (call := part.get("index") or 0) in choice.named:
-                part["id"] = part["name"] = None
-            choice.named.add(call)
-        choice.raw = choice.raw + chunk
-        if chunk.tool_call_chunks:
-            write({"index": index, "tool_calls": [_tool_call_delta(part) for part in chunk.tool_call_chunks]})
-        delta = chunk.text if choice.started else chunk.text.lstrip()
-        choice.started = choice.started or bool(delta)
-        chunk_logprobs = (chunk.response_metadata.get("logprobs") or {}).get("content")
-        if chunk_logprobs:
-            choice.logprobs.extend(chunk_logprobs)
-        if delta and (released := await choice.stage.feed(delta)):
-            event: dict[str, Any] = {"index": index, "delta": released}
-            if chunk_logprobs and not choice.stage.filters:  # a filter's text would not match the model's logprobs
-                event["logprobs"] = {"content": chunk_logprobs}
-            write(event)
-    for index, choice in enumerate(choices):
-        if released := await choice.stage.finish():
-            write({"index": index, "delta": released})
-
-
-def _tool_call_delta(part: dict[str, Any]) -> dict[str, Any]:
-    """A LangChain tool-call chunk as OpenAI's streamed tool-call delta."""
-    delta: dict[str, Any] = {"index": part.get("index") or 0}
-    if part.get("id"):
-        delta.update(id=part["id"], type="function")
-    function = {key: part[key] for key in ("name", "args") if part.get(key) is not None}
-    if "args" in function:
-        function["arguments"] = function.pop("args")
-    if function:
-        delta["function"] = function
-    return delta
 
 
 async def persist(state: ChatState, runtime: Runtime[ChatContext]) -> dict[str, Any]:
@@ -257,8 +162,11 @@ async def persist(state: ChatState, runtime: Runtime[ChatContext]) -> dict[str, 
             finish_reason=state["finish_reason"],
             stream=bool(state.get("stream")),
             cost=state.get("cost", 0.0),
+            cached=state.get("cache") == "hit",
+            citations=state.get("citations"),
         )
     )
     if conversation_id and total:
         await context.memory.append(conversation_id, [*state["messages"], state["answer"]], total)
+    await remember_answer(state, context)
     return {}

@@ -25,6 +25,11 @@ class ChatInput(TypedDict, total=False):
     key_prefix: str | None
     app_system_prompt: str | None
     allowed_models: list[str] | None
+    # Knowledge: the stores the request names (None: the app's default store, if it has one).
+    vector_store_ids: list[str] | None
+    app_default_store: str | None
+    # The semantic cache may answer (False: the request, or its app, turned it off).
+    use_cache: bool
 
 
 class ChatState(ChatInput, total=False):
@@ -34,6 +39,16 @@ class ChatState(ChatInput, total=False):
     history: list[BaseMessage]
     prompt: list[BaseMessage]
     prompt_tokens: int
+    # The stores searched, with their content versions; the question as asked, and its embedding once made.
+    stores: dict[str, int]
+    question: str | None
+    question_vector: list[float] | None
+    # The cache: "hit", "miss" (looked up, not found: the answer will be stored), or "off"; the lookup's scope.
+    cache: str
+    cache_tier: str  # of a hit: "exact" or "semantic"
+    cache_scope: str | None
+    # The knowledge chunks the answer is grounded in ({"file_id", "filename", "chunk", "score", "quote"}).
+    citations: list[dict[str, Any]]
     # The answer as the client saw it: the model's text after the output stage (its finish reason and logprobs in
     # response_metadata). The first choice, the one a conversation keeps; the others of ``n`` in ``more_answers``.
     answer: AIMessage

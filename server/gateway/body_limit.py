@@ -1,10 +1,13 @@
 """A cap on request body size, enforced before the app sees the body (413 in OpenAI's shape).
 
 Starlette's own limit answers a too-large ``Content-Length`` with plain text,
-so this small middleware does the job in the API's error shape.
+so this small middleware does the job in the API's error shape. Some paths have
+a cap of their own (``POST /v1/files`` takes uploads far above the JSON limit).
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -15,16 +18,18 @@ from errors import PayloadTooLarge
 class BodySizeLimit:
     """Reads the body up to ``max_bytes`` (FastAPI buffers it anyway), then replays it to the app."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, per_path: Mapping[str, int] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.per_path = dict(per_path or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             return await self.app(scope, receive, send)
+        max_bytes = self.per_path.get(scope["path"], self.max_bytes)
         for name, value in scope.get("headers", ()):
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                return await self._reject(send)
+            if name == b"content-length" and value.isdigit() and int(value) > max_bytes:
+                return await self._reject(send, max_bytes)
 
         chunks: list[bytes] = []
         size = 0
@@ -34,8 +39,8 @@ class BodySizeLimit:
                 return
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_bytes:
-                return await self._reject(send)
+            if size > max_bytes:
+                return await self._reject(send, max_bytes)
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
@@ -51,8 +56,8 @@ class BodySizeLimit:
 
         await self.app(scope, replay, send)
 
-    async def _reject(self, send: Send) -> None:
-        error = PayloadTooLarge(f"Request body too large: the limit is {self.max_bytes} bytes.")
+    async def _reject(self, send: Send, max_bytes: int) -> None:
+        error = PayloadTooLarge(f"Request body too large: the limit is {max_bytes} bytes.")
         body = orjson.dumps(error.to_dict())
         await send(
             {

@@ -45,6 +45,7 @@ class _Instruments:
     tokens: Counter
     rate_limited: Counter
     model_errors: Counter
+    cache_lookups: Counter
 
 
 def _instruments(registry: CollectorRegistry | None) -> _Instruments:
@@ -85,6 +86,12 @@ def _instruments(registry: CollectorRegistry | None) -> _Instruments:
             "genai_model_errors",
             "Chat calls that failed on the model's side (status >= 500), by model and code.",
             ["model", "code"],
+            registry=registry,
+        ),
+        cache_lookups=Counter(
+            "genai_cache_lookups",
+            "Semantic cache lookups of chat requests, by result (hit or miss) and the tier that hit.",
+            ["result", "tier"],
             registry=registry,
         ),
     )
@@ -131,6 +138,9 @@ class Metrics:
         """``limit`` is ``requests``, ``tokens`` or ``budget`` (a monthly budget spent)."""
         self._m.rate_limited.labels(limit if limit in ("requests", "tokens", "budget") else "requests").inc()
 
+    def cache_lookup(self, hit: bool, tier: str | None = None) -> None:
+        self._m.cache_lookups.labels("hit" if hit else "miss", tier or "none").inc()
+
     def model_error(self, model: str, code: str | None) -> None:
         self._m.model_errors.labels(model, code or "unknown").inc()
 
@@ -170,6 +180,10 @@ class ChatRecorder:
             self.metrics.observe_first_token(self._model(info), time.perf_counter() - self.started_at)
 
     def finished(self, info: dict[str, Any]) -> None:
+        if info.get("cache") in ("hit", "miss"):
+            self.metrics.cache_lookup(info["cache"] == "hit", info.get("cache_tier"))
+        if info.get("cache") == "hit":
+            return  # no model call: no model tokens
         self.metrics.count_tokens(
             self._model(info), int(info.get("prompt_tokens") or 0), int(info.get("completion_tokens") or 0)
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictStr, field_validator
 
 from errors import InvalidRequest
 from server.deps import AdminCaller, ServicesDep
@@ -30,6 +30,7 @@ class AppCreate(BaseModel):
     rpm: Limit | None = Field(None, description="default requests per minute for the app's keys")
     tpm: Limit | None = Field(None, description="default tokens per minute for the app's keys")
     monthly_budget: Budget | None = Field(None, description=BUDGET_HELP + "; shared by all the app's keys")
+    cache_enabled: StrictBool = Field(True, description="false: no answer of the app comes from the semantic cache")
 
     @field_validator("name")
     @classmethod
@@ -47,6 +48,7 @@ class AppUpdate(BaseModel):
     rpm: Limit | None = None
     tpm: Limit | None = None
     monthly_budget: Budget | None = Field(None, description=BUDGET_HELP)
+    cache_enabled: StrictBool = Field(True, description="false: no answer of the app comes from the semantic cache")
 
 
 class KeyCreate(BaseModel):
@@ -82,7 +84,8 @@ async def _app_name(services, app_id: str | None) -> str | None:
 
 
 def _check_models(services, models: list[str] | None) -> None:
-    unknown = [name for name in models or [] if name not in services.models]
+    known = {*(chat.route.name for chat in services.models), services.embeddings.name}
+    unknown = [name for name in models or [] if name not in known]
     if unknown:
         raise InvalidRequest(f"Unknown model route(s): {', '.join(unknown)}.", param="allowed_models")
 

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from errors import APIError
@@ -32,7 +32,10 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         200: {"description": "A chat completion, or with `stream: true` a stream of chunks as server-sent events."}
     },
 )
-async def create_chat_completion(body: ChatCompletionRequest, caller: ChatCaller, services: ServicesDep):
+async def create_chat_completion(
+    body: ChatCompletionRequest, caller: ChatCaller, services: ServicesDep, request: Request
+):
+    no_cache = "no-cache" in request.headers.get("cache-control", "").lower()
     call = ChatCall(
         caller=caller,
         messages=body.lc_messages(),
@@ -40,14 +43,18 @@ async def create_chat_completion(body: ChatCompletionRequest, caller: ChatCaller
         conversation_id=body.conversation_id,
         params=body.params(),
         user=body.user,
+        vector_store_ids=body.vector_store_ids,
+        use_cache=body.cache is not False and not no_cache,
     )
     if not body.stream:
         result = await services.chat.complete(call)
-        headers = {"X-Conversation-ID": result.conversation_id} if result.conversation_id else None
+        headers = {"X-Cache": "hit" if result.cached else "miss"}
+        if result.conversation_id:
+            headers["X-Conversation-ID"] = result.conversation_id
         return JSONResponse(completion_object(result), headers=headers)
     stream = await services.chat.stream(call)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    headers = dict(SSE_HEADERS)
+    headers = {**SSE_HEADERS, "X-Cache": "hit" if stream.info.get("cache") == "hit" else "miss"}
     if stream.info.get("conversation_id"):
         headers["X-Conversation-ID"] = stream.info["conversation_id"]
     return StreamingResponse(sse_chunks(stream, include_usage), media_type="text/event-stream", headers=headers)
@@ -65,6 +72,8 @@ def completion_object(result: ChatResult) -> dict[str, Any]:
     }
     if result.conversation_id:
         body["conversation_id"] = result.conversation_id
+    if result.citations:
+        body["citations"] = result.citations
     return body
 
 
@@ -99,7 +108,7 @@ async def sse_chunks(stream: ChatStream, include_usage: bool) -> AsyncIterator[b
         for index, choice in enumerate(result.choices):
             if index not in opened:
                 yield shape.event({"role": "assistant", "content": ""}, index=index)
-            yield shape.event({}, choice.finish_reason, index=index)
+            yield shape.event({}, choice.finish_reason, index=index, citations=result.citations if index == 0 else None)
         if include_usage:
             yield shape.event(None, usage=Usage.of(result.prompt_tokens, result.completion_tokens).model_dump())
         yield b"data: [DONE]\n\n"
@@ -126,6 +135,7 @@ class _ChunkShape:
         usage: Any = None,
         logprobs: Any = None,
         index: int = 0,
+        citations: list[dict[str, Any]] | None = None,
     ) -> bytes:
         """One SSE event of choice ``index``; ``delta=None`` makes the usage chunk, whose ``choices`` is empty."""
         choices = (
@@ -138,4 +148,6 @@ class _ChunkShape:
             body["usage"] = usage
         if self.conversation_id:
             body["conversation_id"] = self.conversation_id
+        if citations:
+            body["citations"] = citations
         return b"data: " + orjson.dumps(body) + b"\n\n"

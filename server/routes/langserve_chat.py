@@ -56,7 +56,7 @@ ANSWER_SCHEMA = {
                 "id": {"type": ["string", "null"], "description": "the response id"},
                 "response_metadata": {
                     "type": "object",
-                    "description": "on the last chunk: finish_reason, model_name, conversation_id",
+                    "description": "on the last chunk: finish_reason, model_name, conversation_id, cached, citations",
                 },
                 "usage_metadata": {
                     "type": ["object", "null"],
@@ -86,6 +86,7 @@ def chat_runnable(service: ChatService) -> Runnable:
             messages=[message_chunk_to_message(m) for m in messages or []],
             model=configurable.get("model"),
             conversation_id=configurable.get("conversation_id"),
+            use_cache=configurable.get("use_cache", True),
             run_id=_own_run_id(config),
         )
         if not configurable.get("stream", True):  # /invoke and /batch: the client waits for the whole answer
@@ -111,6 +112,8 @@ def chat_runnable(service: ChatService) -> Runnable:
                 "finish_reason": result.first.finish_reason,
                 "model_name": result.model,
                 "conversation_id": result.conversation_id,
+                "cached": result.cached,
+                "citations": result.citations,
             },
             usage_metadata={
                 "input_tokens": result.prompt_tokens,
@@ -149,6 +152,7 @@ def mount(app: FastAPI, services: Services) -> None:
             **(config.get("configurable") or {}),
             "caller": caller,
             "stream": not request.url.path.endswith(("/invoke", "/batch")),
+            "use_cache": "no-cache" not in request.headers.get("cache-control", "").lower(),
         }
         if conversation_id := request.headers.get("x-conversation-id"):
             configurable["conversation_id"] = conversation_id

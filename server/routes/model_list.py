@@ -1,4 +1,4 @@
-"""GET /v1/models and /v1/models/{id}: the configured model routes."""
+"""GET /v1/models and /v1/models/{id}: the configured model routes, and the embedding model (``type: "embedding"``)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,23 @@ from fastapi import APIRouter
 
 from chains.model_routes import ChatModel
 from server.deps import AnyCaller, ServicesDep
-from server.schemas import Model, ModelList
+from server.knowledge_schemas import EmbeddingModelObject
+from server.schemas import Model, ObjectList
+from server.services import Services
 
 router = APIRouter(prefix="/v1", tags=["models"])
 
 # Routes are configuration, so they have no creation time of their own; use the server's start.
 _CREATED = 1_700_000_000
+
+
+class ModelCatalog(ObjectList[Model | EmbeddingModelObject]):
+    """The chat routes, then the embedding model."""
+
+
+def embedding_model_object(services: Services) -> EmbeddingModelObject:
+    model = services.embeddings
+    return EmbeddingModelObject(id=model.name, created=_CREATED, owned_by=model.owned_by, **model.describe())
 
 
 def model_object(chat: ChatModel) -> Model:
@@ -28,11 +39,15 @@ def model_object(chat: ChatModel) -> Model:
 
 
 @router.get("/models")
-async def list_models(caller: AnyCaller, services: ServicesDep) -> ModelList:
-    """The routes this key's app may use (all of them for an admin key)."""
-    return ModelList(data=[model_object(c) for c in services.models if caller.may_use(c.route.name)])
+async def list_models(caller: AnyCaller, services: ServicesDep) -> ModelCatalog:
+    """The routes this key's app may use (all of them for an admin key), and the embedding model when it may."""
+    chat = [model_object(c) for c in services.models if caller.may_use(c.route.name)]
+    embedding = [embedding_model_object(services)] if caller.may_use(services.embeddings.name) else []
+    return ModelCatalog(data=[*chat, *embedding])
 
 
 @router.get("/models/{model_id:path}")
-async def retrieve_model(model_id: str, caller: AnyCaller, services: ServicesDep) -> Model:
+async def retrieve_model(model_id: str, caller: AnyCaller, services: ServicesDep) -> Model | EmbeddingModelObject:
+    if model_id == services.embeddings.name and model_id not in services.models and caller.may_use(model_id):
+        return embedding_model_object(services)
     return model_object(services.models.get(model_id, allowed=caller.allowed_models))
