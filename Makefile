@@ -30,6 +30,9 @@ test: $(STAMP) services
 bench: $(STAMP) services
 	$(BIN)/python bench/gateway_overhead.py
 	$(BIN)/python bench/local_model_tokens.py
+	$(BIN)/python bench/retrieval_quality.py
+	$(BIN)/python bench/semantic_cache_threshold.py
+	$(BIN)/python bench/semantic_cache_latency.py
 
 clean:
 	rm -rf $(VENV) .cache

@@ -244,3 +244,31 @@ def test_bad_cache_field_is_refused(cached):
             model="scripted", messages=[{"role": "user", "content": QUESTION}], extra_body={"cache": "yes"}
         )
     assert caught.value.param == "cache"
+
+
+def test_stores_and_their_content_are_part_of_the_scope(cached, scripted):
+    from tests.knowledge import wait_for_ingestion
+
+    client = cached.openai()
+
+    def store_with(text: str, name: str) -> str:
+        file = client.files.create(file=(f"{name}.txt", text.encode()), purpose="assistants")
+        store = client.vector_stores.create(name=name, file_ids=[file.id])
+        assert wait_for_ingestion(client, store.id, file.id).status == "completed"
+        return store.id
+
+    fact = "The Quillon tram line closes at 23:40 on weekdays."
+    a, b = store_with(fact, "a"), store_with(fact, "b")
+    question = "When does the Quillon tram line close?"
+    first = ask(cached, question, vector_store_ids=[a])
+    again = ask(cached, question, vector_store_ids=[a])
+    assert (first.headers["x-cache"], again.headers["x-cache"]) == ("miss", "hit")
+    assert again.json()["citations"] == first.json()["citations"] and "23:40" in first.json()["citations"][0]["quote"]
+    assert ask(cached, question, vector_store_ids=[b]).headers["x-cache"] == "miss"
+    assert ask(cached, question).headers["x-cache"] == "miss"  # no store at all
+    # New content in store a: a new version, so its earlier answers are not served.
+    extra = client.files.create(file=("more.txt", b"The Quillon tram also runs on Sundays."), purpose="assistants")
+    client.vector_stores.files.create(vector_store_id=a, file_id=extra.id)
+    assert wait_for_ingestion(client, a, extra.id).status == "completed"
+    assert ask(cached, question, vector_store_ids=[a]).headers["x-cache"] == "miss"
+    assert len(scripted.requests) == 4
