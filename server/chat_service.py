@@ -136,6 +136,8 @@ class ChatService:
         self.limiter = limiter
         self.metrics = metrics
         self._background: set[asyncio.Task] = set()
+        if context.spawn is None:  # the graph's after-the-answer work joins the service's own
+            context.spawn = self.spawn
 
     async def complete(self, call: ChatCall, config: dict[str, Any] | None = None) -> ChatResult:
         """Answer ``call`` in one piece."""
@@ -176,6 +178,11 @@ class ChatService:
         self._background.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("background chat bookkeeping failed", exc_info=task.exception())
+
+    @property
+    def busy(self) -> bool:
+        """Bookkeeping of finished requests is still running (tests wait for it to settle)."""
+        return bool(self._background)
 
     async def drain(self) -> None:
         """Wait for the background bookkeeping (token charges) of finished requests; at shutdown and in tests."""

@@ -127,6 +127,14 @@ class LiveServer:
         self.key = self.create_key("tests")
         return self
 
+    def settle(self, timeout: float = 10.0) -> None:
+        """Wait until the work the server does after its answers (token charges, cache stores) is done."""
+        deadline = time.monotonic() + timeout
+        while self.services.chat.busy:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the server's background work did not finish")
+            time.sleep(0.005)
+
     def create_key(self, app: str, **limits) -> str:
         """A key for ``app`` (created when missing), through the admin API."""
         with self.http(key=ADMIN_KEY) as admin:

@@ -12,6 +12,7 @@ import pytest
 
 from storage.tables import Message
 from tests.conftest import ADMIN_KEY
+from tests.chroma_server import chroma_server_url  # noqa: F401  (a fixture)
 from tests.knowledge import wait_for_ingestion
 from tests.scripted_upstream import ScriptedUpstream, scripted_route, serve_scripted_upstream
 
@@ -182,3 +183,30 @@ def test_the_local_model_answers_from_the_document(live_server, llama):
     )
     assert "4711" in answer.choices[0].message.content, answer.choices[0].message.content
     assert answer.model_extra["citations"][0]["file_id"] == file_id
+
+
+@pytest.mark.slow
+def test_grounded_answers_and_the_cache_on_a_chroma_server(live_server, scripted, chroma_server_url):
+    scripted.clear()
+    server = live_server(
+        chroma_url=chroma_server_url, cache_enabled=True, model_routes=[scripted_route("scripted", scripted)]
+    )
+    client = server.openai()
+    store_id, file_id = make_store(client)
+    ask = dict(
+        model="scripted",
+        messages=[{"role": "user", "content": QUESTION}],
+        temperature=0,
+        extra_body={"vector_store_ids": [store_id]},
+    )
+    first = client.chat.completions.with_raw_response.create(**ask)
+    server.settle()
+    paraphrase = client.chat.completions.with_raw_response.create(
+        **{**ask, "messages": [{"role": "user", "content": "What temperature does the Zorblax reactor run at?"}]}
+    )
+    assert first.parse().model_extra["citations"][0]["file_id"] == file_id
+    assert (first.headers["x-cache"], paraphrase.headers["x-cache"]) == ("miss", "hit")
+    assert paraphrase.parse().model_extra["citations"] == first.parse().model_extra["citations"]
+    assert len(scripted.requests) == 1
+    # Nothing of it in the data directory: the server holds the vectors.
+    assert not (server.settings.data_dir / "chroma").exists()

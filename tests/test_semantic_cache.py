@@ -47,6 +47,7 @@ def ask(server, content: str = QUESTION, *, model: str = "scripted", headers=Non
             headers=headers or {},
         )
     assert response.status_code == 200, response.text
+    server.settle()  # a miss is stored in the background
     return response
 
 
@@ -140,12 +141,14 @@ def test_a_conversation_hits_only_with_the_same_prior_turns(cached, scripted):
     client = cached.openai()
 
     def turn(conversation: str, content: str):
-        return client.chat.completions.with_raw_response.create(
+        response = client.chat.completions.with_raw_response.create(
             model="scripted",
             messages=[{"role": "user", "content": content}],
             temperature=0,
             extra_body={"conversation_id": conversation},
         )
+        cached.settle()
+        return response
 
     a = turn("new", "Tell me about the Eiffel Tower.").headers["x-conversation-id"]
     b = turn("new", "Tell me about the Colosseum.").headers["x-conversation-id"]
@@ -232,6 +235,7 @@ def test_a_failing_cache_does_not_fail_the_request(live_server, scripted):
 def test_openai_sdk_sees_the_cache_header(cached, scripted):
     client = cached.openai()
     client.chat.completions.create(model="scripted", messages=[{"role": "user", "content": QUESTION}], temperature=0)
+    cached.settle()
     raw = client.chat.completions.with_raw_response.create(
         model="scripted", messages=[{"role": "user", "content": QUESTION}], temperature=0
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -57,3 +57,5 @@ class ChatContext:
     retrieval_min_score: float = 0.0
     # Requests sampling hotter than this are neither answered from the cache nor stored in it.
     cache_max_temperature: float = 1.0
+    # Runs work the client need not wait for (storing an answer in the cache); awaited inline when None.
+    spawn: Callable[[Coroutine[Any, Any, Any]], None] | None = None

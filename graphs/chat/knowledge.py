@@ -163,12 +163,21 @@ async def retrieve_context(state: ChatState, runtime: Runtime[ChatContext]) -> d
 
 
 async def remember_answer(state: ChatState, context: ChatContext) -> None:
-    """Store a fresh answer that ended normally in the cache (a failure is logged: the client has its answer)."""
+    """Store a fresh answer that ended normally in the cache, in the background when the context can (the client
+    does not wait for it; a failure is logged: the client has its answer)."""
     if state.get("cache") != "miss" or context.cache is None:
         return
     answer = state["answer"]
     if state.get("finish_reason") != "stop" or answer.tool_calls or state.get("more_answers") or not answer.text:
         return
+    if context.spawn is not None:
+        context.spawn(_store(state, context))
+    else:
+        await _store(state, context)
+
+
+async def _store(state: ChatState, context: ChatContext) -> None:
+    answer = state["answer"]
     try:
         await context.cache.store(
             state["cache_scope"],
