@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import math
 import os
 import shutil
 import signal
 import sys
+from urllib.parse import urlsplit
 
 import uvicorn
 
@@ -47,33 +49,39 @@ def serve(args: argparse.Namespace) -> int:
     host = args.host or settings.host
     port = args.port if args.port is not None else settings.port
     workers = args.workers or settings.workers
-    local = None
-    if settings.uses_local_model and not settings.local_model_url:
-        from chains.local_model_process import LocalModelServer
-
-        logs = settings.data_dir / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        log.info("starting the local model (Gemma 3 270M under llama.cpp)")
-        local = LocalModelServer(
-            settings.resolved_local_model_path,
-            context_window=settings.local_model_context,
-            threads=settings.local_model_threads,
-            log_path=logs / "llama-server.log",
-            startup_timeout=settings.local_model_startup_timeout,
-        ).start()
-        # Workers read their settings from the environment, so the URL travels there.
-        os.environ["GENAI_LOCAL_MODEL_URL"] = local.base_url
-        log.info("local model ready at %s", local.base_url)
-    if workers > 1:
-        # Each worker writes its metrics here and /metrics sums them; set before a worker imports prometheus_client.
-        metrics_dir = (settings.data_dir / "prometheus").resolve()
-        shutil.rmtree(metrics_dir, ignore_errors=True)
-        metrics_dir.mkdir(parents=True)
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     # uvicorn re-raises a SIGTERM it caught once it has shut down; by default that ends the process before
-    # `finally` runs. This handler turns it into SystemExit, so the local model is stopped on every signal.
+    # `finally` runs. This handler turns it into SystemExit, so the children are stopped on every signal (also one
+    # that arrives while they start).
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    try:
+    with contextlib.ExitStack() as children:  # stopped in reverse order, after the workers
+        if settings.uses_local_model and not settings.local_model_url:
+            from chains.local_model_process import LocalModelServer
+
+            logs = settings.data_dir / "logs"
+            logs.mkdir(parents=True, exist_ok=True)
+            log.info("starting the local model (Gemma 3 270M under llama.cpp)")
+            local = LocalModelServer(
+                settings.resolved_local_model_path,
+                context_window=settings.local_model_context,
+                threads=settings.local_model_threads,
+                log_path=logs / "llama-server.log",
+                startup_timeout=settings.local_model_startup_timeout,
+            )
+            children.callback(local.stop)
+            local.start()
+            # Workers read their settings from the environment, so the URL travels there.
+            os.environ["GENAI_LOCAL_MODEL_URL"] = local.base_url
+            log.info("local model ready at %s", local.base_url)
+        chroma_url = _knowledge_store(settings, workers, children)
+        if chroma_url:
+            os.environ["GENAI_CHROMA_URL"] = chroma_url
+        if workers > 1:
+            # Each worker writes its metrics here and /metrics sums them; set before a worker imports
+            # prometheus_client.
+            metrics_dir = (settings.data_dir / "prometheus").resolve()
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+            metrics_dir.mkdir(parents=True)
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
         uvicorn.run(
             "server.app:create_app",
             factory=True,
@@ -85,10 +93,45 @@ def serve(args: argparse.Namespace) -> int:
             access_log=False,  # RequestContext writes the access log, with the request id
             timeout_graceful_shutdown=10,
         )
-    finally:
-        if local is not None:
-            local.stop()
     return 0
+
+
+def _knowledge_store(settings: Settings, workers: int, children: contextlib.ExitStack) -> str | None:
+    """The Chroma every worker uses: the configured server; else, with several workers, a local ``chroma run`` on
+    ``data_dir/chroma`` started here (an embedded store belongs to one process: two corrupt it); else embedded.
+    Returns the URL workers must use, or None for embedded; exits with status 1 when the local server cannot start."""
+    if settings.chroma_url:
+        log.info(
+            "knowledge store: the Chroma server at %s (setting chroma_url)", _without_credentials(settings.chroma_url)
+        )
+        return settings.chroma_url
+    path = (settings.data_dir / "chroma").resolve()
+    if workers == 1:
+        log.info("knowledge store: embedded Chroma in %s", path)
+        return None
+    from memory.chroma import ChromaServerError, LocalChromaServer  # the `memory` package loads in ~0.5 s: on demand
+
+    server = LocalChromaServer(path, log_path=settings.data_dir / "logs" / "chroma.log")
+    children.callback(server.stop)
+    try:
+        server.start()
+    except ChromaServerError as error:  # an operator's problem (port, disk, install): a sentence, not a traceback
+        log.error("cannot start the knowledge store: %s", error)
+        print(f"error: cannot start the knowledge store: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+    log.info(
+        "knowledge store: a local Chroma server at %s for the %d workers (data in %s, pid %d)",
+        server.url,
+        workers,
+        path,
+        server.process.pid,
+    )
+    return server.url
+
+
+def _without_credentials(url: str) -> str:
+    parts = urlsplit(url)
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
 
 def _exit_on_sigterm(signum: int, _frame) -> None:
