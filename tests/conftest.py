@@ -25,6 +25,7 @@ from server.app import create_app
 from server.settings import Settings
 from storage import ConversationStore, Database
 from storage.tables import Base
+from tests.chroma_server import chroma_server_url  # noqa: F401  (a session fixture: one `chroma run` for the tests that need it)
 from tests.postgres import fresh_postgres_database
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -278,6 +279,7 @@ def genai_serve(
 
 
 # ---------------------------------------------------------------- the store on both engines; two turns of a chat
+
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request, tmp_path: Path) -> str:

@@ -12,7 +12,6 @@ import pytest
 
 from storage.tables import Message
 from tests.conftest import ADMIN_KEY
-from tests.chroma_server import chroma_server_url  # noqa: F401  (a fixture)
 from tests.knowledge import wait_for_ingestion
 from tests.scripted_upstream import ScriptedUpstream, scripted_route, serve_scripted_upstream
 

@@ -12,7 +12,6 @@ from langchain_core.embeddings import Embeddings
 from chains.embeddings import local_embeddings
 from memory.chroma import open_chroma
 from memory.knowledge import Chunk, KnowledgeIndex, collection_name, tokenize
-from tests.chroma_server import chroma_server_url  # noqa: F401
 
 GARDEN = [
     "Tomatoes need at least six hours of direct sunlight each day and should be watered deeply twice a week.",
@@ -235,7 +234,7 @@ def test_tokenize() -> None:
 
 
 @pytest.mark.slow
-async def test_against_a_chroma_server(chroma_server_url: str, tmp_path: Path) -> None:  # noqa: F811
+async def test_against_a_chroma_server(chroma_server_url: str, tmp_path: Path) -> None:
     index = KnowledgeIndex(open_chroma(tmp_path / "unused", url=chroma_server_url), local_embeddings())
     assert not (tmp_path / "unused").exists()  # a server: nothing on local disk
     await fill(index, "vs_srv")

@@ -17,7 +17,6 @@ from storage import tables
 from storage.files import FileStore
 from storage.tenants import TenantStore
 from storage.vector_stores import VectorStores
-from tests.chroma_server import chroma_server_url  # noqa: F401  (a fixture)
 from tests.conftest import ADMIN_KEY
 from tests.knowledge import encrypted_pdf, make_pdf, wait_for_ingestion
 from tests.test_errors import assert_error
@@ -366,7 +365,7 @@ def test_a_large_pdf_does_not_stall_other_requests(kb_server):
     assert "tern" in top_hit(client, store.id, "arctic tern migration").content[0].text
 
 
-def test_against_a_chroma_server(live_server, mock_upstream, chroma_server_url):  # noqa: F811
+def test_against_a_chroma_server(live_server, mock_upstream, chroma_server_url):
     """GENAI_CHROMA_URL: the same API on a Chroma server (``chroma run``) instead of the embedded store."""
     server = live_server(
         model_routes=[ModelRoute(name="mock", base_url=mock_upstream, max_retries=0)], chroma_url=chroma_server_url
