@@ -3,8 +3,10 @@
     preprocess -> load_memory -> lookup_cache -> retrieve_context -> call_model -> persist
                                       `---------------- a cache hit ----------------^
 
-The cache is looked up after the conversation's memory is loaded (a Redis read, nothing for stateless requests):
-the prior turns are part of what a cached answer must match.
+``lookup_cache`` runs only for requests the cache applies to (``preprocess`` decides), ``retrieve_context`` only
+for requests with vector stores: a request that uses neither goes from ``load_memory`` to ``call_model``. The cache
+is looked up after the conversation's memory is loaded (nothing to load for a stateless request): the prior turns
+are part of what a cached answer must match.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 
 from graphs.chat.context import ChatContext
-from graphs.chat.knowledge import after_cache, lookup_cache, retrieve_context
+from graphs.chat.knowledge import after_cache, after_memory, lookup_cache, retrieve_context
 from graphs.chat.nodes import call_model, load_memory, persist, preprocess
 from graphs.chat.state import ChatInput, ChatState
 
@@ -29,8 +31,8 @@ def build_chat_graph() -> CompiledStateGraph:
     graph.add_node("persist", persist)
     graph.add_edge(START, "preprocess")
     graph.add_edge("preprocess", "load_memory")
-    graph.add_edge("load_memory", "lookup_cache")
-    graph.add_conditional_edges("lookup_cache", after_cache, ["retrieve_context", "persist"])
+    graph.add_conditional_edges("load_memory", after_memory, ["lookup_cache", "retrieve_context", "call_model"])
+    graph.add_conditional_edges("lookup_cache", after_cache, ["persist", "retrieve_context", "call_model"])
     graph.add_edge("retrieve_context", "call_model")
     graph.add_edge("call_model", "persist")
     graph.add_edge("persist", END)

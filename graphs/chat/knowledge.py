@@ -20,6 +20,7 @@ from typing import Any
 from langchain_core.messages import BaseMessage, SystemMessage
 from langgraph.runtime import Runtime
 
+from chains.model_routes import ModelRoute
 from chains.output_stage import OutputStage
 from errors import APIError, ServiceUnavailable
 from graphs.chat.answers import Choice, serve_text
@@ -50,13 +51,36 @@ async def resolve_stores(state: ChatState, context: ChatContext) -> dict[str, in
     return {store.id: store.content_version}
 
 
+def plan_cache(state: ChatState, context: ChatContext, turn: list[BaseMessage], route: ModelRoute) -> dict[str, Any]:
+    """Whether the cache applies to the request: decided in ``preprocess``, so that a request it does not apply to
+    never enters ``lookup_cache`` (a graph node costs time even when it does nothing)."""
+    question = _question(turn)
+    if context.cache is None or question is None or not _cacheable(state, route, context.cache_max_temperature):
+        return {"cache": "off", "question": question}
+    return {"cache": "lookup", "question": question}
+
+
+def after_memory(state: ChatState) -> str:
+    """The next node after ``load_memory``: the cache when it applies, else retrieval when there are stores."""
+    return "lookup_cache" if state.get("cache") == "lookup" else _towards_model(state)
+
+
+def after_cache(state: ChatState) -> str:
+    """The next node after ``lookup_cache``: ``persist`` on a hit."""
+    return "persist" if state.get("cache") == "hit" else _towards_model(state)
+
+
+def _towards_model(state: ChatState) -> str:
+    return "retrieve_context" if state.get("stores") else "call_model"
+
+
 async def lookup_cache(state: ChatState, runtime: Runtime[ChatContext]) -> dict[str, Any]:
     """Answer from the cache when an earlier answer fits (exact text first, then a verified paraphrase)."""
     context = runtime.context
     cache = context.cache
-    question = _question(state)
-    if cache is None or question is None or not _cacheable(state, context):
-        return {"cache": "off", "question": question}
+    question = state.get("question")
+    if cache is None or state.get("cache") != "lookup" or not question:
+        return {"cache": "off"}
     scope = chat_scope(
         app_id=state["app_id"],
         model=state["model_name"],
@@ -73,9 +97,9 @@ async def lookup_cache(state: ChatState, runtime: Runtime[ChatContext]) -> dict[
             hit = await cache.lookup_similar(scope, question, vector)
     except Exception:  # a cache that fails must not fail the request
         log.warning("the semantic cache failed; answering without it", exc_info=True)
-        return {"cache": "off", "question": question, "question_vector": vector}
+        return {"cache": "off", "question_vector": vector}
     if hit is None:
-        return {"cache": "miss", "cache_scope": scope, "question": question, "question_vector": vector}
+        return {"cache": "miss", "cache_scope": scope, "question_vector": vector}
     stream = bool(state.get("stream"))
     if stream:
         runtime.stream_writer({"info": {"cache": "hit"}})  # before the text: the response's headers say it
@@ -86,7 +110,6 @@ async def lookup_cache(state: ChatState, runtime: Runtime[ChatContext]) -> dict[
         "cache": "hit",
         "cache_tier": hit.tier,
         "cache_scope": scope,
-        "question": question,
         "answer": answer,
         "more_answers": [],
         "completion_tokens": context.models.get(state["model_name"]).tokens.count_text(answer.text),
@@ -95,11 +118,6 @@ async def lookup_cache(state: ChatState, runtime: Runtime[ChatContext]) -> dict[
         "citations": hit.answer.citations,
         "latency_ms": (time.perf_counter() - state["started_at"]) * 1000,
     }
-
-
-def after_cache(state: ChatState) -> str:
-    """The next node: ``persist`` on a hit, else retrieval and the model."""
-    return "persist" if state.get("cache") == "hit" else "retrieve_context"
 
 
 async def retrieve_context(state: ChatState, runtime: Runtime[ChatContext]) -> dict[str, Any]:
@@ -196,9 +214,9 @@ async def _store(state: ChatState, context: ChatContext) -> None:
         log.warning("could not store the answer in the semantic cache", exc_info=True)
 
 
-def _question(state: ChatState) -> str | None:
+def _question(turn: list[BaseMessage]) -> str | None:
     """The turn's question: its last message when that is a user's text (no images, files or audio)."""
-    last = state["messages"][-1]
+    last = turn[-1]
     if last.type != "human":
         return None
     if isinstance(last.content, list) and any(
@@ -208,17 +226,16 @@ def _question(state: ChatState) -> str | None:
     return last.text.strip() or None
 
 
-def _cacheable(state: ChatState, context: ChatContext) -> bool:
+def _cacheable(state: ChatState, route: ModelRoute, max_temperature: float) -> bool:
     if not state.get("use_cache", True):
         return False
     params = state.get("params") or {}
     if (params.get("n") or 1) > 1 or params.get("logprobs"):
         return False
-    route = context.models.get(state["model_name"]).route
     temperature = params.get("temperature")
     if temperature is None:
         temperature = route.defaults.get("temperature", 1.0)
-    return float(temperature) <= context.cache_max_temperature
+    return float(temperature) <= max_temperature
 
 
 def _turn(message: BaseMessage) -> tuple[str, str]:

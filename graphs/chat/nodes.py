@@ -18,7 +18,7 @@ from chains.route_features import check_request, content_kinds
 from errors import ContextLengthExceeded, InvalidRequest
 from graphs.chat.answers import Choice, generate_choices, stream_choices
 from graphs.chat.context import ChatContext
-from graphs.chat.knowledge import remember_answer, resolve_stores
+from graphs.chat.knowledge import plan_cache, remember_answer, resolve_stores
 from graphs.chat.state import ChatState
 from storage.message_records import tool_calls_of
 from storage.transcripts import TurnRecord, new_conversation_id
@@ -71,6 +71,7 @@ async def preprocess(state: ChatState, runtime: Runtime[ChatContext]) -> dict[st
         )
     stores = await resolve_stores(state, context)
     return {
+        **plan_cache(state, context, turn, chat.route),
         "stores": stores,
         "messages": turn,
         "system": system,

@@ -43,7 +43,8 @@ class ChatState(ChatInput, total=False):
     stores: dict[str, int]
     question: str | None
     question_vector: list[float] | None
-    # The cache: "hit", "miss" (looked up, not found: the answer will be stored), or "off"; the lookup's scope.
+    # The cache: "lookup" (it applies: preprocess decided), then "hit" or "miss" (not found: the answer will be
+    # stored); "off" when it does not apply or failed. The lookup's scope.
     cache: str
     cache_tier: str  # of a hit: "exact" or "semantic"
     cache_scope: str | None
