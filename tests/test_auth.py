@@ -262,8 +262,8 @@ def test_openai_sdk_raises_permission_denied_for_the_admin_key(server):
         client.chat.completions.create(model="gemma-3-270m", messages=[USER], max_tokens=4)
     assert raised.value.status_code == 403
     assert raised.value.code == "permission_denied"
-    # Listing models is for any key; the admin key sees every route.
-    assert [m.id for m in client.models.list()] == ["gemma-3-270m"]
+    # Listing models is for any key; the admin key sees every route, and the embedding model.
+    assert [m.id for m in client.models.list()] == ["gemma-3-270m", "all-MiniLM-L6-v2"]
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -115,7 +115,7 @@ def test_streamed_conversation_is_stored(redis_server):
 def test_models_list_and_retrieve(server):
     client = server.openai()
     models = client.models.list()
-    assert [m.id for m in models.data] == ["gemma-3-270m"]
+    assert [m.id for m in models.data] == ["gemma-3-270m", "all-MiniLM-L6-v2"]  # the chat route, the embeddings
     model = client.models.retrieve("gemma-3-270m")
     assert model.id == "gemma-3-270m" and model.object == "model"
 

@@ -100,7 +100,7 @@ def traffic(usage_server):
         expected["key1"].append(("gemma-3-270m", 0, 0, False))
         # Rejected before the graph: no record.
         assert_error(chat(one, max_tokens=0), 400)
-        assert_error(chat(one, n=2), 400, code="unsupported_value")
+        assert_error(chat(one, temperature=5), 400)
 
         third = chat(two, model="gemma-3-270m", user="u1")
         assert third.status_code == 200, third.text
@@ -244,7 +244,7 @@ def test_rejected_requests_leave_no_record(server):
     """Validation (before the graph) and authentication failures are not usage; the admin total stays at 0."""
     with server.http() as client:
         assert_error(chat(client, max_tokens=0), 400)
-        assert_error(chat(client, n=3), 400)
+        assert_error(chat(client, temperature=5), 400)
         assert_error(chat(client, messages=[]), 400)
     with server.http(key="sk-" + "n" * 43) as stranger:
         assert_error(chat(stranger), 401)
