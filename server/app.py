@@ -19,6 +19,7 @@ from server.routes import (
     chat_completions,
     conversations,
     embeddings,
+    feedback,
     files,
     health,
     langserve_chat,
@@ -52,7 +53,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.services = services
     app.state.metrics = services.metrics
     install_error_handlers(app)
-    routers = (health, model_list, chat_completions, embeddings, conversations, files, vector_stores, usage, admin)
+    routers = (
+        health, model_list, chat_completions, embeddings, conversations, feedback, files, vector_stores, usage, admin
+    )  # fmt: skip
     for module in (*routers, prometheus):
         app.include_router(module.router)
     langserve_chat.mount(app, services)

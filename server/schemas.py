@@ -252,3 +252,22 @@ class Health(ResponseBody):
 class Readiness(ResponseBody):
     status: Literal["ok", "unavailable"]
     checks: dict[str, str] = Field(description='each dependency (database, redis, model:<route>): "ok" or why not')
+
+
+class FeedbackObject(ResponseBody):
+    """A rating of one answer."""
+
+    id: str
+    object: Literal["feedback"] = "feedback"
+    response_id: str = Field(description="the chat completion rated")
+    score: float = Field(description="1 or -1 (thumbs), or a number from 0 to 1")
+    comment: str | None
+    correction: str | None = Field(description="the answer it should have been")
+    model: str | None = Field(description="the model route that answered")
+    user: str | None = Field(description="the end user the answer was for")
+    created_at: int
+    updated_at: int = Field(description="when it was last rated")
+
+
+class FeedbackList(ObjectList[FeedbackObject]):
+    data: list[FeedbackObject] = Field(description="newest first")

@@ -26,6 +26,7 @@ from server.knowledge_base import KnowledgeBase
 from server.knowledge_index import LazyKnowledgeIndex
 from server.settings import Settings
 from storage import ConversationStore, Database, TenantStore
+from storage.feedback import FeedbackStore
 from storage.files import FileStore
 from storage.vector_stores import VectorStores
 
@@ -49,6 +50,7 @@ class Services:
     files: FileStore
     vector_stores: VectorStores
     knowledge_base: KnowledgeBase
+    feedback: FeedbackStore
     redis: Redis | None = None
 
     @classmethod
@@ -115,6 +117,7 @@ class Services:
                 chunk_size=settings.chunk_size,
                 chunk_overlap=settings.chunk_overlap,
             ),
+            feedback=FeedbackStore(db),
             redis=redis,
         )
 

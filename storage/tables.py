@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Float, ForeignKey, Integer, String, Text, text, true
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint, text, true
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -167,3 +167,24 @@ class VectorStoreFile(Base):
     chunks: Mapped[int] = mapped_column(Integer, default=0)
     usage_bytes: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[int] = mapped_column(Integer, default=now)
+
+
+class Feedback(Base):
+    """A rating of one answer by the app that got it (one per answer: a second rating replaces the first)."""
+
+    __tablename__ = "feedback"
+    __table_args__ = (UniqueConstraint("app_id", "response_id", name="uq_feedback_app_response"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    app_id: Mapped[str] = mapped_column(String(64), index=True)
+    response_id: Mapped[str] = mapped_column(String(64))
+    # 1 or -1 (thumbs), or a number from 0 to 1.
+    score: Mapped[float] = mapped_column(Float)
+    comment: Mapped[str | None] = mapped_column(Text)
+    correction: Mapped[str | None] = mapped_column(Text)
+    # Copied from the answer's usage record, for filters and exports.
+    model: Mapped[str | None] = mapped_column(String(128))
+    user: Mapped[str | None] = mapped_column(String(256))
+    key_prefix: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[int] = mapped_column(Integer, default=now, index=True)
+    updated_at: Mapped[int] = mapped_column(Integer, default=now)
