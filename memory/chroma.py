@@ -29,6 +29,7 @@ from chains.local_model_process import free_port
 
 if TYPE_CHECKING:
     from chromadb.api import ClientAPI
+    from chromadb.api.models.Collection import Collection
     from chromadb.config import Settings
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,12 @@ def open_chroma(data_dir: Path, url: str | None = None) -> ClientAPI:
 
 class ChromaServerError(RuntimeError):
     """The local Chroma server could not be started; the message is for the operator, who needs no traceback."""
+
+
+def cosine_collection(client: ClientAPI, name: str) -> Collection:
+    """The collection ``name``, made when missing, in cosine space and without an embedding function: Chroma's
+    default one downloads its model at run time, so callers always pass their own vectors."""
+    return client.get_or_create_collection(name, configuration={"hnsw": {"space": "cosine"}}, embedding_function=None)
 
 
 def chroma_executable() -> Path:

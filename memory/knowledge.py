@@ -35,6 +35,8 @@ from chromadb.api.models.Collection import Collection
 from chromadb.errors import NotFoundError
 from langchain_core.embeddings import Embeddings
 
+from memory.chroma import cosine_collection
+
 try:  # PyStemmer (Snowball); without it BM25 matches exact word forms only.
     import Stemmer
 
@@ -47,7 +49,6 @@ Mode = Literal["hybrid", "dense", "bm25"]
 
 COLLECTION_PREFIX = "vs_"
 RRF_K = 60  # the usual constant of reciprocal rank fusion (Cormack et al. 2009)
-COSINE = {"hnsw": {"space": "cosine"}}  # chromadb 1.x collection configuration (the legacy metadata also works)
 STOPWORDS = frozenset(STOPWORDS_EN_PLUS)  # NLTK's English list (179 words; question words like what/how/does too)
 _WORD = re.compile(r"\w+")
 
@@ -218,9 +219,7 @@ class KnowledgeIndex:
             self._invalidate(store_id)
 
     def _upsert(self, store_id: str, app_id: str, chunks: Sequence[Chunk], vectors: Sequence[Sequence[float]]) -> None:
-        collection = self.client.get_or_create_collection(
-            collection_name(store_id), configuration=COSINE, embedding_function=None
-        )
+        collection = cosine_collection(self.client, collection_name(store_id))
         batch = max(1, self.client.get_max_batch_size())
         for start in range(0, len(chunks), batch):
             part = chunks[start : start + batch]

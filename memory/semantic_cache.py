@@ -33,11 +33,11 @@ import orjson
 from redis.asyncio import Redis
 
 from chains.cache_verifier import veto
+from memory.chroma import cosine_collection
 
 log = logging.getLogger(__name__)
 
 COLLECTION = "semantic_cache"
-COSINE = {"hnsw": {"space": "cosine"}}
 REDIS_PREFIX = "genai:cache:"
 # Longer questions go to the exact tier only: the embedding model reads 256 tokens (two long questions that differ
 # further on embed alike), and the verifier's time grows with length (about 25 us a word).
@@ -195,9 +195,7 @@ class SemanticCache:
     async def _collection(self) -> Any:
         if self._handle is None:
             client = await self._chroma()
-            self._handle = await asyncio.to_thread(
-                client.get_or_create_collection, COLLECTION, embedding_function=None, configuration=COSINE
-            )
+            self._handle = await asyncio.to_thread(cosine_collection, client, COLLECTION)
         return self._handle
 
     @staticmethod
