@@ -9,6 +9,8 @@ The contract a filter keeps:
 * **One filter object per answer.** A factory, ``factory(state) -> OutputFilter | None``,
   makes it from the chat graph's state when the model is about to be called
   (None: the filter does not apply to this answer). It may keep state across calls.
+  A factory with an ``async prepare(state)`` gets it awaited first (``prepare``):
+  the place to load what it needs without blocking the event loop.
 * **``await feed(text) -> str``** receives the next piece of the answer (what
   the filters before it released) and returns what it releases now: the same
   text, a rewrite, or less. Text it does not return is *held*: for instance the
@@ -26,6 +28,9 @@ The contract a filter keeps:
 * **Order:** filters run in the given order; what filter *i* releases is fed to
   filter *i+1*. At the end, filter *i*'s ``finish`` output is fed to filter
   *i+1* before *i+1* finishes.
+* **Passing through:** a filter with ``passthrough = True`` promises to release every piece
+  at once and unchanged (it only watches, e.g. records a verdict at ``finish``); the
+  model's per-token logprobs then still match the streamed text.
 * **Non-streamed answers** go through the same calls: one ``feed`` with the
   whole text, then ``finish``. Any exception other than ``OutputBlocked`` fails
   the request.
@@ -55,6 +60,13 @@ class OutputFilter(Protocol):
 OutputFilterFactory = Callable[[Mapping[str, Any]], OutputFilter | None]
 
 
+async def prepare(factories: Sequence[OutputFilterFactory], state: Mapping[str, Any]) -> None:
+    """Let the factories that need it get ready for an answer (see the contract), before any stage is made."""
+    for factory in factories:
+        if (ready := getattr(factory, "prepare", None)) is not None:
+            await ready(state)
+
+
 class OutputStage:
     """One answer's pass through its filters (see the module docstring for the contract)."""
 
@@ -66,6 +78,11 @@ class OutputStage:
     @classmethod
     def for_answer(cls, factories: Sequence[OutputFilterFactory], state: Mapping[str, Any]) -> OutputStage:
         return cls([made for factory in factories if (made := factory(state)) is not None])
+
+    @property
+    def passthrough(self) -> bool:
+        """Every filter releases the model's pieces as they come, unchanged."""
+        return all(getattr(output_filter, "passthrough", False) for output_filter in self.filters)
 
     @property
     def text(self) -> str:

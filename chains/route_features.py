@@ -25,7 +25,7 @@ COMMON_FIELDS = SAMPLING_FIELDS | {"user", "logit_bias", "logprobs", "top_logpro
 TOOL_FIELDS = frozenset({"tools", "tool_choice", "parallel_tool_calls"})
 OPENAI_ONLY_FIELDS = frozenset(
     {
-        "metadata", "store", "service_tier", "reasoning_effort", "verbosity", "prompt_cache_key",
+        "metadata", "service_tier", "reasoning_effort", "verbosity", "prompt_cache_key",
         "safety_identifier", "prediction", "modalities", "audio", "web_search_options",
     }
 )  # fmt: skip

@@ -50,6 +50,16 @@ class ContextLengthExceeded(InvalidRequest):
     code = "context_length_exceeded"
 
 
+class ContentPolicyViolation(InvalidRequest):
+    """A request the safety checks refuse; ``safety`` holds their verdicts, for the request's usage record."""
+
+    code = "content_policy_violation"
+
+    def __init__(self, message: str, *, safety: dict[str, Any] | None = None, param: str | None = "messages") -> None:
+        super().__init__(message, param=param)
+        self.safety = safety
+
+
 class AuthenticationFailed(APIError):
     status_code = 401
     type = "invalid_request_error"

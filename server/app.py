@@ -24,6 +24,7 @@ from server.routes import (
     health,
     langserve_chat,
     model_list,
+    moderations,
     prometheus,
     usage,
     vector_stores,
@@ -54,7 +55,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = services.metrics
     install_error_handlers(app)
     routers = (
-        health, model_list, chat_completions, embeddings, conversations, feedback, files, vector_stores, usage, admin
+        health, model_list, chat_completions, embeddings, moderations, conversations, feedback, files, vector_stores,
+        usage, admin,
     )  # fmt: skip
     for module in (*routers, prometheus):
         app.include_router(module.router)

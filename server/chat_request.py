@@ -152,7 +152,9 @@ class ChatCompletionRequest(BaseModel):
     parallel_tool_calls: StrictBool | None = None
     response_format: dict[str, Any] | None = None
     metadata: dict[str, StrictStr] | None = Field(None, max_length=16)
-    store: StrictBool | None = None
+    store: StrictBool | None = Field(
+        None, description="true: the platform keeps the request's messages and answer for feedback and evaluations"
+    )
     service_tier: StrictStr | None = None
     reasoning_effort: StrictStr | None = None
     verbosity: StrictStr | None = None

@@ -25,7 +25,6 @@ from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 from langchain_core.messages import AIMessage, BaseMessage
 from langgraph.graph.state import CompiledStateGraph
 
@@ -34,6 +33,7 @@ from graphs.chat import ChatContext, ChatInput
 from server.gateway.prometheus_metrics import ChatRecorder, Metrics
 from server.gateway.rate_limits import RateLimiter
 from server.gateway.request_context import current_request_id
+from storage.message_records import openai_tool_call
 from storage.tenants import Caller
 from storage.transcripts import TurnRecord
 
@@ -56,6 +56,8 @@ class ChatCall:
     vector_store_ids: list[str] | None = None
     # False: neither answered from the semantic cache nor stored in it.
     use_cache: bool = True
+    # True: keep the request's messages and answer (a stateless request's; a conversation keeps its turns anyway).
+    store: bool = False
     # The run id of the entry point's own trace run, when it has one (LangServe); the service mints one otherwise.
     run_id: uuid.UUID | None = None
 
@@ -93,6 +95,8 @@ class ChatResult:
     # Answered from the semantic cache; the knowledge chunks the answer was grounded in.
     cached: bool = False
     citations: list[dict[str, Any]] = field(default_factory=list)
+    # What the safety checks found (graphs.chat.safety): the input verdict, redactions, moderation.
+    safety: dict[str, Any] = field(default_factory=dict)
     created: int = field(default_factory=lambda: int(time.time()))
 
     @property
@@ -103,12 +107,6 @@ class ChatResult:
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
-
-
-def openai_tool_call(call: dict[str, Any]) -> dict[str, Any]:
-    """A LangChain tool call as OpenAI's."""
-    arguments = orjson.dumps(call.get("args") or {}).decode()
-    return {"id": call.get("id") or "", "type": "function", "function": {"name": call["name"], "arguments": arguments}}
 
 
 def response_id_for(run_id: uuid.UUID) -> str:
@@ -199,6 +197,7 @@ class _Run:
         self.stream = stream
         self.started_at = time.perf_counter()
         caller = call.caller
+        context = service.context
         self.recorder: ChatRecorder = service.metrics.chat(
             call.model or service.context.models.default, self.started_at
         )
@@ -238,6 +237,10 @@ class _Run:
             "vector_store_ids": call.vector_store_ids,
             "app_default_store": caller.default_vector_store_id,
             "use_cache": call.use_cache and caller.cache_enabled,
+            "store": call.store,
+            "guard_mode": caller.guard_mode or context.guard_mode,
+            "moderation_mode": caller.moderation_mode or context.moderation_mode,
+            "pii_policy": caller.pii_policy if caller.pii_policy is not None else context.pii_policy,
         }
 
     def first_token(self, info: dict[str, Any]) -> None:
@@ -258,6 +261,7 @@ class _Run:
             cost=float(state.get("cost") or 0.0),
             cached=state.get("cache") == "hit",
             citations=state.get("citations") or [],
+            safety=state.get("safety") or {},
         )
         if not result.cached and (result.total_tokens or result.cost):  # a cached answer spends no model capacity
             self.service.spawn(
@@ -288,6 +292,7 @@ class _Run:
                     latency_ms=(time.perf_counter() - self.started_at) * 1000,
                     stream=self.stream,
                     error=error,
+                    safety=getattr(error, "safety", None),
                 )
             )
         except Exception:  # the client must still learn what went wrong first

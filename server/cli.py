@@ -161,13 +161,49 @@ def _limits(args: argparse.Namespace) -> dict:
     return {"rpm": args.rpm, "tpm": args.tpm, "monthly_budget": args.budget}
 
 
+def _safety(args: argparse.Namespace) -> dict:
+    """The safety settings given with --guard, --moderation, --pii and --pii-action (only those given)."""
+    from server.safety import check_pii_policy
+
+    fields: dict = {}
+    if args.guard is not None:
+        fields["guard_mode"] = None if args.guard == "default" else args.guard
+    if args.moderation is not None:
+        fields["moderation_mode"] = None if args.moderation == "default" else args.moderation
+    if args.pii is not None and args.pii in ("off", "default"):
+        fields["pii_policy"] = None
+    elif args.pii is not None or args.pii_action is not None:
+        policy: dict = {"action": args.pii_action or "replace"}
+        if args.pii not in (None, "all"):
+            policy["entities"] = [entity.strip().upper() for entity in args.pii.split(",") if entity.strip()]
+        fields["pii_policy"] = check_pii_policy(policy, param="--pii", ner=Settings().pii_spacy_model is not None)
+    return fields
+
+
+def _add_safety_options(parser: argparse.ArgumentParser) -> None:
+    modes = ["off", "flag", "block", "default"]
+    parser.add_argument(
+        "--guard", choices=modes, help="input guard: flag records verdicts, block refuses (default: the deployment's)"
+    )
+    parser.add_argument("--moderation", choices=modes, help="answer moderation (block ends it with content_filter)")
+    parser.add_argument(
+        "--pii",
+        metavar="ENTITIES",
+        help="redact PII from answers: 'all', or entities like EMAIL_ADDRESS,PHONE_NUMBER; 'off' (or 'default')",
+    )
+    parser.add_argument("--pii-action", choices=["replace", "mask", "hash"], help="how PII is redacted")
+
+
 def apps_create(args: argparse.Namespace) -> int:
+    safety = _safety(args)
+
     async def action(services):
         return await services.tenants.create_app(
             args.name,
             system_prompt=args.system_prompt,
             allowed_models=args.models,
             cache_enabled=not args.no_cache,
+            **safety,
             **_limits(args),
         )
 
@@ -176,14 +212,43 @@ def apps_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def apps_update(args: argparse.Namespace) -> int:
+    changes = _safety(args)
+    if args.system_prompt is not None:
+        changes["system_prompt"] = args.system_prompt or None
+    if args.cache is not None:
+        changes["cache_enabled"] = args.cache == "on"
+    app = asyncio.run(_with_services(Settings(), lambda services: services.tenants.update_app(args.name, **changes)))
+    print(
+        f"updated app {app.name} ({app.id}): guard {app.guard_mode or 'default'}, moderation "
+        f"{app.moderation_mode or 'default'}, pii {_pii_text(app.pii_policy)}, cache {'on' if app.cache_enabled else 'off'}"
+    )
+    print("running servers apply it within a few seconds (their key cache); the admin API applies it at once")
+    return 0
+
+
+def _pii_text(policy: dict | None) -> str:
+    return f"{policy['action']} {','.join(policy['entities'])}" if policy else "default"
+
+
 def apps_list(args: argparse.Namespace) -> int:
     apps = asyncio.run(_with_services(Settings(), lambda services: services.tenants.list_apps()))
     _table(
         [
-            [a.name, a.id, ",".join(a.allowed_models) if a.allowed_models else "all", a.rpm, a.tpm, a.monthly_budget]
+            [
+                a.name,
+                a.id,
+                ",".join(a.allowed_models) if a.allowed_models else "all",
+                a.rpm,
+                a.tpm,
+                a.monthly_budget,
+                a.guard_mode or "default",
+                a.moderation_mode or "default",
+                _pii_text(a.pii_policy),
+            ]
             for a in apps
         ],
-        ["NAME", "ID", "MODELS", "RPM", "TPM", "BUDGET"],
+        ["NAME", "ID", "MODELS", "RPM", "TPM", "BUDGET", "GUARD", "MODERATION", "PII"],
     )
     return 0
 
@@ -224,6 +289,39 @@ def keys_list(args: argparse.Namespace) -> int:
 def keys_revoke(args: argparse.Namespace) -> int:
     key = asyncio.run(_with_services(Settings(), lambda services: services.tenants.revoke_key(args.prefix)))
     print(f"revoked {key.prefix}...")
+    return 0
+
+
+def feedback_export(args: argparse.Namespace) -> int:
+    """The rated answers as an evaluation dataset (JSONL on stdout), for ``genai eval run``."""
+    import orjson
+
+    from server.routes.usage import parse_time
+    from storage.feedback import FeedbackFilter
+
+    where = FeedbackFilter(
+        start=parse_time(args.since, "--since"),
+        end=parse_time(args.until, "--until"),
+        min_score=args.min_score,
+        max_score=args.max_score,
+        model=args.model,
+    )
+
+    async def action(services):
+        app_id = (await services.tenants.get_app(args.app)).id if args.app else None
+        return await services.feedback.export(app_id, where)
+
+    examples, missing = asyncio.run(_with_services(Settings(), action))
+    for example in examples:
+        sys.stdout.buffer.write(orjson.dumps(example) + b"\n")
+    sys.stdout.flush()
+    note = f"exported {len(examples)} rated answers"
+    if missing:
+        note += (
+            f"; left out {missing} whose input was not kept (stateless requests need `store: true`, "
+            "or a conversation_id)"
+        )
+    print(note, file=sys.stderr)
     return 0
 
 
@@ -277,8 +375,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--budget", type=_budget, metavar="AMOUNT", help="monthly budget (UTC months), shared by all its keys"
     )
     create.add_argument("--no-cache", action="store_true", help="never answer its requests from the semantic cache")
+    _add_safety_options(create)
     create.set_defaults(handler=apps_create)
     apps.add_parser("list", help="list apps").set_defaults(handler=apps_list)
+    update = apps.add_parser("update", help="change an app's safety settings, system prompt or cache")
+    update.add_argument("name", help="the app's name or id")
+    update.add_argument("--system-prompt", help="default system prompt ('' removes it)")
+    update.add_argument("--cache", choices=["on", "off"], help="the semantic cache for its requests")
+    _add_safety_options(update)
+    update.set_defaults(handler=apps_update)
+
+    feedback = commands.add_parser("feedback", help="ratings of answers").add_subparsers(
+        dest="feedback_command", required=True
+    )
+    export = feedback.add_parser("export", help="rated answers as an evaluation dataset (JSONL on stdout)")
+    export.add_argument("--since", help="rated at or after (unix seconds or an ISO date)")
+    export.add_argument("--until", help="rated before (unix seconds or an ISO date)")
+    export.add_argument("--app", help="one app's ratings (name or id; default: every app's)")
+    export.add_argument("--min-score", type=float, help="lowest score (thumbs are 1 and -1)")
+    export.add_argument("--max-score", type=float, help="highest score")
+    export.add_argument("--model", help="answers of this model route")
+    export.set_defaults(handler=feedback_export)
 
     database = commands.add_parser("db", help="the database schema").add_subparsers(dest="db_command", required=True)
     database.add_parser("upgrade", help="migrate to the newest schema (genai serve does this at start)").set_defaults(
@@ -305,6 +422,10 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = keys.add_parser("revoke", help="revoke a key by its prefix or id")
     revoke.add_argument("prefix")
     revoke.set_defaults(handler=keys_revoke)
+
+    from evals.cli import add_eval_commands  # genai eval run / compare (evals' own module: it imports server lazily)
+
+    add_eval_commands(commands, _with_services)
     return parser
 
 

@@ -58,6 +58,37 @@ class Citation(BaseModel):
     quote: str = Field(description="the chunk's text")
 
 
+class InputVerdict(BaseModel):
+    flagged: bool
+    score: float = Field(description="0 to 1: how much the request looks like a prompt injection or jailbreak")
+    categories: list[str] = Field(description="instruction_override, system_prompt_request, role_play, ...")
+    matches: list[str] = Field(default_factory=list, description="short excerpts that gave it away")
+    detector: str
+    action: Literal["allowed", "flagged", "blocked"]
+
+
+class ContextVerdict(BaseModel):
+    screened: int = Field(description="retrieved passages screened for indirect injections")
+    flagged: int
+    dropped: int = Field(description="flagged passages left out of the prompt (mode block)")
+
+
+class ModerationVerdict(BaseModel):
+    flagged: bool
+    categories: list[str] = Field(description="OpenAI's moderation categories the answer was flagged for")
+    checker: str
+    action: Literal["allowed", "flagged", "blocked"]
+
+
+class Safety(BaseModel):
+    """What the platform's safety checks found; a check that did not run is absent."""
+
+    input: InputVerdict | None = None
+    context: ContextVerdict | None = None
+    redactions: dict[str, int] | None = Field(None, description="PII entities redacted from the answer, by type")
+    moderation: ModerationVerdict | None = None
+
+
 class ChatCompletion(BaseModel):
     id: str = Field(description="the response id; also the LangSmith run id, and what feedback refers to")
     object: Literal["chat.completion"] = "chat.completion"
@@ -68,6 +99,7 @@ class ChatCompletion(BaseModel):
     usage: Usage
     conversation_id: str | None = Field(None, description="present when the request used server-side memory")
     citations: list[Citation] | None = Field(None, description="present when the answer was grounded in vector stores")
+    safety: Safety | None = Field(None, description="present when a safety check ran: what it found")
 
 
 class ResponseBody(BaseModel):
@@ -158,6 +190,7 @@ class ConversationAssistantMessage(ConversationMessage):
         description='the tools it called, in OpenAI\'s shape ({"id", "type", "function": {"name", "arguments"}})'
     )
     citations: list[Citation] | None = Field(description="the knowledge chunks the answer was grounded in")
+    safety: Safety | None = Field(description="what the safety checks found")
 
 
 class ConversationToolMessage(ConversationMessage):
@@ -188,6 +221,9 @@ class UsageGroup(ResponseBody):
     cached_requests: int
     failed_requests: int
     cost: float = Field(description="the sum of the requests' costs at their routes' prices (failures cost 0)")
+    flagged_requests: int = Field(description="requests a safety check flagged (input guard, moderation)")
+    blocked_requests: int = Field(description="requests refused or answers withheld by a safety check")
+    redacted_requests: int = Field(description="answers that had PII redacted (and nothing flagged)")
 
 
 class UsageReport(ResponseBody):
@@ -213,6 +249,9 @@ class App(ResponseBody):
     )
     cache_enabled: bool = Field(description="whether the semantic cache may answer the app's requests")
     default_vector_store_id: str | None = Field(description="the store that grounds requests naming none")
+    guard_mode: str | None = Field(description="input guard: off, flag or block; null for the deployment's default")
+    moderation_mode: str | None = Field(description="answer moderation: off, flag or block; null for the default")
+    pii_policy: dict[str, Any] | None = Field(description="PII redaction of answers; null for the default (off)")
     created_at: int
 
 

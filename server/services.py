@@ -16,14 +16,17 @@ from chains.embedding_models import EmbeddingModel, build_embedding_model
 from chains.model_routes import ModelRegistry
 from errors import Conflict
 from graphs.chat import ChatContext, build_chat_graph
+from graphs.chat.safety import PiiFilters, moderation_filters
 from memory import ConversationMemory, RedisMemory, SqlMemory
 from memory.semantic_cache import SemanticCache
 from server.chat_service import ChatService
+from server.feedback_forwarding import LangSmithFeedback
 from server.gateway.auth import Authenticator
 from server.gateway.prometheus_metrics import Metrics
 from server.gateway.rate_limits import RateLimiter
 from server.knowledge_base import KnowledgeBase
 from server.knowledge_index import LazyKnowledgeIndex
+from server.safety import SafetyChecks
 from server.settings import Settings
 from storage import ConversationStore, Database, TenantStore
 from storage.feedback import FeedbackStore
@@ -51,6 +54,10 @@ class Services:
     vector_stores: VectorStores
     knowledge_base: KnowledgeBase
     feedback: FeedbackStore
+    # The input guard, the moderation checker and the PII redactor (chat's checks, and POST /v1/moderations).
+    safety: SafetyChecks
+    # Ratings forwarded to LangSmith when tracing is configured.
+    langsmith_feedback: LangSmithFeedback
     redis: Redis | None = None
 
     @classmethod
@@ -73,6 +80,7 @@ class Services:
         knowledge = LazyKnowledgeIndex(settings.data_dir, settings.chroma_url, embeddings.embeddings)
         files = FileStore(db, settings.data_dir / "files")
         vector_stores = VectorStores(db)
+        safety = SafetyChecks.build(settings)
         context = ChatContext(
             models=models,
             store=store,
@@ -93,6 +101,12 @@ class Services:
             if settings.cache_enabled
             else None,
             cache_max_temperature=settings.cache_max_temperature,
+            guard=safety.guard,
+            guard_mode=settings.guard_mode,
+            moderation_mode=settings.moderation_mode,
+            pii_policy=settings.pii_policy,
+            # PII first: moderation reads the answer as the client gets it.
+            output_filters=[PiiFilters(safety.redactor), moderation_filters(safety.moderation)],
         )
         return cls(
             settings=settings,
@@ -118,6 +132,8 @@ class Services:
                 chunk_overlap=settings.chunk_overlap,
             ),
             feedback=FeedbackStore(db),
+            safety=safety,
+            langsmith_feedback=LangSmithFeedback(),
             redis=redis,
         )
 
@@ -126,6 +142,8 @@ class Services:
         await self.db.upgrade_schema()
         if self.settings.admin_key is not None:
             await self.ensure_admin_key(self.settings.admin_key.get_secret_value())
+        if self.settings.pii_policy or any(app.pii_policy for app in await self.tenants.list_apps()):
+            self.safety.warm_up()  # the first redacted answer need not wait for Presidio to load
 
     async def ensure_admin_key(self, secret: str) -> None:
         """Register the configured admin key (idempotent; two workers may race, one wins)."""

@@ -7,7 +7,7 @@ llama.cpp model, SQLite in the data directory, memory in SQL.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -17,6 +17,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from chains.embeddings import EmbeddingRoute
 from chains.local_model import LOCAL_MODEL_NAME, local_route
 from chains.model_routes import ModelRoute
+
+GuardMode = Literal["off", "flag", "block"]
 
 
 class Settings(BaseSettings):
@@ -70,6 +72,25 @@ class Settings(BaseSettings):
     cache_ttl_seconds: int = Field(86400, gt=0, description="how long a cached answer is served")
     cache_max_temperature: float = Field(
         0.5, ge=0.0, le=2.0, description="requests sampling hotter (unset: the route's default, else 1) bypass it"
+    )
+
+    # Safety (graphs/chat/safety.py): each app's modes default to these; an app's own setting wins.
+    guard_mode: GuardMode = Field("flag", description="input guard: off, flag (record the verdict) or block (400)")
+    guard_classifier_path: Path | None = Field(
+        None, description="a local Hugging Face sequence-classification model used besides the guard's rules"
+    )
+    moderation_mode: GuardMode = Field("flag", description="answer moderation: off, flag or block (content_filter)")
+    moderation_url: str | None = Field(
+        None, description="an OpenAI-compatible /v1 base URL for moderation; the local checker when unset"
+    )
+    moderation_model: str = "omni-moderation-latest"
+    moderation_api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding its key")
+    pii_policy: dict[str, Any] | None = Field(
+        None, description='PII redaction of answers for apps without their own: {"entities": [...], "action": ...}'
+    )
+    pii_spacy_model: str | None = Field(None, description="an installed spaCy model: adds PERSON names to PII")
+    pii_hash_salt: SecretStr = Field(
+        SecretStr(""), description="salt of the PII `hash` action; share it across replicas"
     )
 
     @model_validator(mode="before")

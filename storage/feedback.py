@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Select, select, update
 from sqlalchemy.exc import IntegrityError
 
 from errors import NotFound
 from storage.engine import Database
-from storage.tables import Feedback, Usage, now
+from storage.message_records import openai_message, row_record
+from storage.tables import Conversation, Feedback, Message, StoredCompletion, Usage, now
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,22 @@ class FeedbackFilter:
     model: str | None = None
     user: str | None = None
     limit: int = 100
+
+    def apply(self, query: Select) -> Select:
+        """``query`` on the feedback table, narrowed to what passes the filter (the limit is the caller's)."""
+        if self.start is not None:
+            query = query.where(Feedback.updated_at >= self.start)
+        if self.end is not None:
+            query = query.where(Feedback.updated_at < self.end)
+        if self.min_score is not None:
+            query = query.where(Feedback.score >= self.min_score)
+        if self.max_score is not None:
+            query = query.where(Feedback.score <= self.max_score)
+        if self.model is not None:
+            query = query.where(Feedback.model == self.model)
+        if self.user is not None:
+            query = query.where(Feedback.user == self.user)
+        return query
 
 
 class FeedbackStore:
@@ -87,19 +105,72 @@ class FeedbackStore:
 
     async def list(self, app_id: str, where: FeedbackFilter) -> list[Feedback]:
         """The app's feedback, newest first."""
-        query = select(Feedback).where(Feedback.app_id == app_id)
-        if where.start is not None:
-            query = query.where(Feedback.updated_at >= where.start)
-        if where.end is not None:
-            query = query.where(Feedback.updated_at < where.end)
-        if where.min_score is not None:
-            query = query.where(Feedback.score >= where.min_score)
-        if where.max_score is not None:
-            query = query.where(Feedback.score <= where.max_score)
-        if where.model is not None:
-            query = query.where(Feedback.model == where.model)
-        if where.user is not None:
-            query = query.where(Feedback.user == where.user)
+        query = where.apply(select(Feedback).where(Feedback.app_id == app_id))
         query = query.order_by(Feedback.updated_at.desc(), Feedback.id.desc()).limit(where.limit)
         async with self.db.session() as session:
             return list((await session.scalars(query)).all())
+
+    async def export(self, app_id: str | None, where: FeedbackFilter) -> tuple[list[dict[str, Any]], int]:
+        """Rated answers as evaluation examples (``evals`` reads them), oldest rating first, and how many rated
+        answers had to be left out because their input was not kept (a stateless request without ``store: true``).
+
+        Each example: the answer's input messages (a conversation's turns up to it, or the stored request's), the
+        correction as ``reference`` where one was given, and the answer and its rating in ``metadata``.
+        """
+        query = select(Feedback).order_by(Feedback.updated_at, Feedback.id)
+        if app_id is not None:
+            query = query.where(Feedback.app_id == app_id)
+        query = where.apply(query)
+        async with self.db.session() as session:
+            ratings = list((await session.scalars(query)).all())
+            inputs = await _inputs(session, ratings)
+        examples = []
+        for rating in ratings:
+            found = inputs.get((rating.app_id, rating.response_id))
+            if found is None:
+                continue
+            messages, answer = found
+            examples.append(
+                {
+                    "id": rating.response_id,
+                    "messages": [openai_message(record) for record in messages],
+                    "reference": rating.correction,
+                    "metadata": {
+                        "source": "feedback",
+                        "app_id": rating.app_id,
+                        "answer": answer,
+                        "score": rating.score,
+                        "comment": rating.comment,
+                        "model": rating.model,
+                        "user": rating.user,
+                        "rated_at": rating.updated_at,
+                    },
+                }
+            )
+        return examples, len(ratings) - len(examples)
+
+
+async def _inputs(session, ratings: list[Feedback]) -> dict[tuple[str, str], tuple[list[dict[str, Any]], str]]:
+    """(app, response id) -> (the input messages as records, the answer) of each rated answer whose input was kept."""
+    ids = [rating.response_id for rating in ratings]
+    found: dict[tuple[str, str], tuple[list[dict[str, Any]], str]] = {}
+    if not ids:
+        return found
+    stored = await session.scalars(select(StoredCompletion).where(StoredCompletion.response_id.in_(ids)))
+    for row in stored:
+        found[(row.app_id, row.response_id)] = (row.messages, row.answer)
+    answers = await session.execute(
+        select(Message, Conversation.app_id)
+        .join(Conversation, Conversation.id == Message.conversation_id)
+        .where(Message.response_id.in_(ids), Message.role == "assistant")
+    )
+    for answer, owner in answers.all():
+        if (owner, answer.response_id) in found:
+            continue
+        earlier = await session.scalars(
+            select(Message)
+            .where(Message.conversation_id == answer.conversation_id, Message.id < answer.id)
+            .order_by(Message.id)
+        )
+        found[(owner, answer.response_id)] = ([row_record(row) for row in earlier], answer.content)
+    return found

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 
 _ROLE_BY_TYPE = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool"}
@@ -49,3 +50,19 @@ def from_record(
     if role == "tool":
         return ToolMessage(content=content, tool_call_id=tool_call_id or "")
     return _CLASS_BY_ROLE[role](content=content)
+
+
+def openai_tool_call(call: dict[str, Any]) -> dict[str, Any]:
+    """A LangChain tool call as OpenAI's."""
+    arguments = orjson.dumps(call.get("args") or {}).decode()
+    return {"id": call.get("id") or "", "type": "function", "function": {"name": call["name"], "arguments": arguments}}
+
+
+def openai_message(record: dict[str, Any]) -> dict[str, Any]:
+    """A stored record as an OpenAI chat message (what datasets and clients read)."""
+    message: dict[str, Any] = {"role": record["role"], "content": record.get("content") or ""}
+    if record.get("tool_calls"):
+        message["tool_calls"] = [openai_tool_call(call) for call in record["tool_calls"]]
+    if record.get("tool_call_id"):
+        message["tool_call_id"] = record["tool_call_id"]
+    return message

@@ -38,6 +38,11 @@ class App(Base):
     default_vector_store_id: Mapped[str | None] = mapped_column(String(64))
     # False turns the semantic cache off for all the app's requests.
     cache_enabled: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    # Safety (migration 0006): the input guard's and the answer moderation's mode ("off", "flag" or "block"; None:
+    # the deployment's default), and the PII redaction of answers ({"entities": [...], "action": ...}; None: off).
+    guard_mode: Mapped[str | None] = mapped_column(String(8))
+    moderation_mode: Mapped[str | None] = mapped_column(String(8))
+    pii_policy: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[int] = mapped_column(Integer, default=now)
 
 
@@ -93,6 +98,8 @@ class Message(Base):
     tool_call_id: Mapped[str | None] = mapped_column(String(128))
     # The knowledge chunks an answer was grounded in ([{"file_id", "filename", "chunk", "score", "quote"}]).
     citations: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    # What the safety checks found (see graphs.chat.safety): the input verdict, redactions, moderation.
+    safety: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[int] = mapped_column(Integer, default=now)
 
 
@@ -115,6 +122,26 @@ class Usage(Base):
     status: Mapped[str] = mapped_column(String(32), default="ok")
     # What the request cost at its route's prices (currency units); 0 for failures and unpriced routes.
     cost: Mapped[float] = mapped_column(Float, default=0.0, server_default=text("0"))
+    # The request's safety verdicts, as on its message (also for requests without a conversation or blocked).
+    safety: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # The strongest thing a safety check did: "blocked", "flagged" or "redacted" (None: nothing), for reports.
+    safety_outcome: Mapped[str | None] = mapped_column(String(16))
+
+
+class StoredCompletion(Base):
+    """A stateless request's messages and answer, kept because it asked (``store: true``): feedback exports and
+    evaluation datasets need the input of a rated answer (a conversation's turns are in ``messages`` already)."""
+
+    __tablename__ = "stored_completions"
+
+    response_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    app_id: Mapped[str] = mapped_column(String(64), index=True)
+    user: Mapped[str | None] = mapped_column(String(256))
+    model: Mapped[str] = mapped_column(String(128))
+    # The request's messages as storage.message_records writes them (system messages included).
+    messages: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    answer: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[int] = mapped_column(Integer, default=now)
 
 
 class File(Base):

@@ -53,6 +53,10 @@ class Caller:
     # The knowledge base and the semantic cache of the app.
     default_vector_store_id: str | None = None
     cache_enabled: bool = True
+    # Safety: the app's own modes and PII policy (None: the deployment's defaults).
+    guard_mode: str | None = None
+    moderation_mode: str | None = None
+    pii_policy: dict | None = None
 
     def may_use(self, model: str) -> bool:
         return self.allowed_models is None or model in self.allowed_models
@@ -80,6 +84,9 @@ class TenantStore:
         tpm: int | None = None,
         monthly_budget: float | None = None,
         cache_enabled: bool = True,
+        guard_mode: str | None = None,
+        moderation_mode: str | None = None,
+        pii_policy: dict | None = None,
     ) -> App:
         app = App(
             id=f"app_{uuid.uuid4().hex[:16]}",
@@ -90,6 +97,9 @@ class TenantStore:
             tpm=tpm,
             monthly_budget=monthly_budget,
             cache_enabled=cache_enabled,
+            guard_mode=guard_mode,
+            moderation_mode=moderation_mode,
+            pii_policy=pii_policy,
             created_at=now(),
         )
         try:
@@ -233,4 +243,7 @@ class TenantStore:
             key_budget=key.monthly_budget,
             default_vector_store_id=app.default_vector_store_id if app else None,
             cache_enabled=app.cache_enabled if app and app.cache_enabled is not None else True,
+            guard_mode=app.guard_mode if app else None,
+            moderation_mode=app.moderation_mode if app else None,
+            pii_policy=app.pii_policy if app else None,
         )

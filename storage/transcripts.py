@@ -19,7 +19,7 @@ from sqlalchemy import delete, func, insert, select, update
 from errors import APIError, NotFound
 from storage.engine import Database
 from storage.message_records import to_record
-from storage.tables import Conversation, Message, Usage, now
+from storage.tables import Conversation, Message, StoredCompletion, Usage, now
 
 
 def new_conversation_id() -> str:
@@ -51,6 +51,9 @@ class TurnRecord:
     cached: bool = False
     cost: float = 0.0  # at the route's prices; a failure costs nothing
     citations: list[dict[str, Any]] | None = None  # the knowledge chunks the answer was grounded in
+    safety: dict[str, Any] | None = None  # the safety checks' verdicts (graphs.chat.safety)
+    # A stateless request's messages (as message records), kept with its answer because it asked (``store``).
+    stored_messages: list[dict[str, Any]] | None = None
 
     @classmethod
     def failure(
@@ -64,6 +67,7 @@ class TurnRecord:
         key_prefix: str | None = None,
         user: str | None = None,
         stream: bool = False,
+        safety: dict[str, Any] | None = None,
     ) -> TurnRecord:
         """The usage record of a request that failed: no tokens, no messages, its error code as status."""
         return cls(
@@ -77,7 +81,20 @@ class TurnRecord:
             user=user,
             stream=stream,
             status=error.code or f"http_{error.status_code}",
+            safety=safety,
         )
+
+
+def safety_outcome(safety: dict[str, Any] | None) -> str | None:
+    """The strongest thing a request's safety checks did (the shape is graphs.chat.safety's), for usage reports."""
+    if not safety:
+        return None
+    actions = {(safety.get(check) or {}).get("action") for check in ("input", "moderation")}
+    if "blocked" in actions or (safety.get("context") or {}).get("dropped"):
+        return "blocked"
+    if "flagged" in actions or (safety.get("context") or {}).get("flagged"):
+        return "flagged"
+    return "redacted" if any((safety.get("redactions") or {}).values()) else None
 
 
 @dataclass
@@ -96,7 +113,7 @@ def _message_row(conversation_id: str, role: str, content: str, stamp: int, **fi
     row = dict.fromkeys(
         (
             "response_id", "model", "prompt_tokens", "completion_tokens", "latency_ms", "finish_reason",
-            "tool_calls", "tool_call_id", "citations",
+            "tool_calls", "tool_call_id", "citations", "safety",
         )
     )  # fmt: skip
     row.update(conversation_id=conversation_id, role=role, content=content, created_at=stamp, **fields)
@@ -243,12 +260,25 @@ class ConversationStore:
                             finish_reason=turn.finish_reason,
                             tool_calls=turn.answer_tool_calls,
                             citations=turn.citations or None,
+                            safety=turn.safety or None,
                         )
                     )
                     await conn.execute(insert(Message), rows)
                     total = await conn.scalar(
                         select(func.count()).select_from(Message).where(Message.conversation_id == turn.conversation_id)
                     )
+            if turn.stored_messages is not None:
+                await conn.execute(
+                    insert(StoredCompletion).values(
+                        response_id=turn.response_id,
+                        app_id=turn.app_id,
+                        user=turn.user,
+                        model=turn.model,
+                        messages=turn.stored_messages,
+                        answer=turn.answer,
+                        created_at=stamp,
+                    )
+                )
             await conn.execute(
                 insert(Usage).values(
                     created_at=stamp,
@@ -265,6 +295,8 @@ class ConversationStore:
                     stream=turn.stream,
                     status=turn.status,
                     cost=turn.cost,
+                    safety=turn.safety or None,
+                    safety_outcome=safety_outcome(turn.safety),
                 )
             )
         return total

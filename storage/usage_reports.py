@@ -11,6 +11,7 @@ from storage.engine import Database
 from storage.tables import Usage
 
 GroupBy = Literal["day", "model", "key", "app"]
+SAFETY_OUTCOMES = ("flagged", "blocked", "redacted")
 
 
 async def usage_summary(db: Database, *, app_id: str | None, start: int, end: int, group_by: GroupBy) -> list[dict]:
@@ -29,6 +30,10 @@ async def usage_summary(db: Database, *, app_id: str | None, start: int, end: in
             func.coalesce(func.sum(Usage.completion_tokens), 0).label("completion_tokens"),
             func.coalesce(func.sum(case((Usage.cached, 1), else_=0)), 0).label("cached_requests"),
             func.coalesce(func.sum(case((Usage.status != "ok", 1), else_=0)), 0).label("failed_requests"),
+            *(
+                func.coalesce(func.sum(case((Usage.safety_outcome == outcome, 1), else_=0)), 0).label(outcome)
+                for outcome in SAFETY_OUTCOMES
+            ),
             # A sum of doubles, kept a double (no numeric/decimal cast that would round it).
             func.coalesce(func.sum(Usage.cost), cast(0, Float)).label("cost"),
         )
@@ -50,6 +55,7 @@ async def usage_summary(db: Database, *, app_id: str | None, start: int, end: in
             "cached_requests": int(row.cached_requests),
             "failed_requests": int(row.failed_requests),
             "cost": float(row.cost),
+            **{f"{outcome}_requests": int(getattr(row, outcome)) for outcome in SAFETY_OUTCOMES},
         }
         for row in rows
     ]

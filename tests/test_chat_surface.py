@@ -58,7 +58,7 @@ FIELD_VALUES = {
     "temperature": 0.5, "top_p": 0.5, "stop": ["zzz"], "presence_penalty": 0.5, "frequency_penalty": 0.5, "seed": 7,
     "user": "end-user-1", "logit_bias": {"50256": -100}, "logprobs": True, "top_logprobs": 2,
     "tools": [WEATHER], "tool_choice": "auto", "parallel_tool_calls": False,
-    "response_format": {"type": "json_object"}, "metadata": {"team": "a"}, "store": False,
+    "response_format": {"type": "json_object"}, "metadata": {"team": "a"},
     "service_tier": "auto", "reasoning_effort": "low", "verbosity": "low", "prompt_cache_key": "k",
     "safety_identifier": "s", "prediction": {"type": "content", "content": "x"}, "modalities": ["text"],
     "audio": {"voice": "alloy", "format": "wav"}, "web_search_options": {},
@@ -86,7 +86,6 @@ def test_each_field_reaches_an_openai_route_as_sent(platform, scripted, field):
 @pytest.mark.parametrize(
     ("model", "body", "param"),
     [
-        ("llamacpp", {"store": True}, "store"),
         ("llamacpp", {"metadata": {"a": "b"}}, "metadata"),
         ("llamacpp", {"parallel_tool_calls": True}, "parallel_tool_calls"),
         ("ollama", {"logprobs": True}, "logprobs"),

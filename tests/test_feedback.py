@@ -1,13 +1,23 @@
-"""POST/GET /v1/feedback over a live server (the mock upstream as the model): ratings of an app's own answers,
-replaced on a second rating, filtered on the way out; other apps' answers and bad scores refused."""
+"""Feedback over a live server (the mock upstream as the model): POST/GET /v1/feedback (ratings of an app's own
+answers, replaced on a second rating, filtered on the way out; other apps' answers and bad scores refused), the
+LangServe playground's thumbs, `genai feedback export` as an evaluation dataset, and forwarding to LangSmith."""
 
 from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import uuid
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from chains.model_routes import ModelRoute
 from storage.tables import Feedback, Usage
-from tests.conftest import ADMIN_KEY
+from tests.conftest import ADMIN_KEY, ROOT
 from tests.test_errors import assert_error
 
 
@@ -122,3 +132,156 @@ def test_a_failed_request_cannot_be_rated(live_server):
         [record] = server.rows(Usage.__table__)
         request_id = record["response_id"]
         assert_error(http.post("/v1/feedback", json={"response_id": request_id, "score": 1}), 404)
+
+
+def export(server, *args: str) -> tuple[list[dict], str]:
+    """``genai feedback export`` on the server's database, as an operator runs it: the JSONL lines and stderr."""
+    env = {**os.environ, "GENAI_DATABASE_URL": server.services.db.url, "GENAI_DATA_DIR": str(server.settings.data_dir)}
+    done = subprocess.run(
+        [sys.executable, "-m", "server", "feedback", "export", *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines()], done.stderr
+
+
+def test_rated_answers_export_as_an_evaluation_dataset(rated):
+    client = rated.openai()
+    stored = client.chat.completions.create(
+        model="mock",
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}],
+        store=True,
+    )
+    first = client.chat.completions.create(
+        model="mock", messages=[{"role": "user", "content": "one"}], extra_body={"conversation_id": "new"}
+    )
+    conversation = first.model_extra["conversation_id"]
+    second = client.chat.completions.create(
+        model="mock", messages=[{"role": "user", "content": "two"}], extra_body={"conversation_id": conversation}
+    )
+    unstored = answer(rated)
+    with rated.http() as http:
+        for response_id, score, correction in (
+            (stored.id, 1, None), (second.id, -1, "Two."), (unstored, 1, None),
+        ):  # fmt: skip
+            body = {"response_id": response_id, "score": score, "correction": correction}
+            http.post("/v1/feedback", json=body).raise_for_status()
+    listed, note = export(rated, "--since", "2020-01-01")
+    assert sorted(example["id"] for example in listed) == sorted([stored.id, second.id])
+    examples = sorted(listed, key=lambda example: example["id"] != stored.id)  # the stored request's first
+    assert examples[0]["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+    assert examples[0]["reference"] is None and examples[0]["metadata"]["answer"] == "Mock reply."
+    assert examples[0]["metadata"]["score"] == 1.0 and examples[0]["metadata"]["model"] == "mock"
+    assert examples[1]["messages"] == [
+        {"role": "user", "content": "one"}, {"role": "assistant", "content": "Mock reply."},
+        {"role": "user", "content": "two"},
+    ]  # fmt: skip
+    assert examples[1]["reference"] == "Two."
+    assert "exported 2 rated answers; left out 1" in note and "store: true" in note
+    assert [e["id"] for e in export(rated, "--max-score", "0")[0]] == [second.id]
+    assert export(rated, "--since", "2999-01-01")[0] == []
+    rated.create_key("other")
+    assert export(rated, "--app", "tests")[0] and export(rated, "--app", "other")[0] == []
+
+
+def test_export_refuses_a_bad_date(rated):
+    env = {**os.environ, "GENAI_DATABASE_URL": rated.services.db.url, "GENAI_DATA_DIR": str(rated.settings.data_dir)}
+    done = subprocess.run(
+        [sys.executable, "-m", "server", "feedback", "export", "--since", "yesterday"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 1 and "--since" in done.stderr and done.stdout == ""
+
+
+def test_the_playgrounds_thumbs_land_in_the_feedback_store(rated):
+    with rated.http() as http:
+        served = http.post(
+            "/chat/invoke",
+            json={"input": {"messages": [{"type": "human", "content": "hi"}]}},
+            headers={"X-Model": "mock"},
+        ).json()
+        run_id = served["metadata"]["run_id"]
+        assert http.head("/chat/feedback").status_code == 200
+        page = http.get("/chat/playground/")
+        assert page.status_code == 200 and 'FEEDBACK_ENABLED = "true"' in page.text.replace("'", '"')
+        thumbs = http.post("/chat/feedback", json={"run_id": run_id, "key": "score", "score": 0})
+        assert thumbs.status_code == 200, thumbs.text
+        assert thumbs.json()["run_id"] == run_id and thumbs.json()["score"] == 0
+        [row] = http.get("/v1/feedback").json()["data"]
+        assert row["response_id"] == served["output"]["id"] == f"chatcmpl-{uuid.UUID(run_id).hex}"
+        assert row["score"] == 0
+        assert_error(http.post("/chat/feedback", json={"run_id": str(uuid.uuid4()), "key": "s", "score": 1}), 404)
+        assert_error(http.post("/chat/feedback", json={"run_id": run_id, "key": "s", "score": 3}), 400, param="score")
+        assert_error(http.post("/chat/feedback", json={"run_id": run_id, "key": "s"}), 400, param="score")
+        assert_error(http.post("/chat/feedback", json={"run_id": "nope", "key": "s", "score": 1}), 400)
+    with rated.http(key="") as anonymous:
+        assert_error(anonymous.post("/chat/feedback", json={"run_id": run_id, "key": "s", "score": 1}), 401)
+        assert anonymous.head("/chat/feedback").status_code == 401
+
+
+def test_ratings_are_forwarded_to_langsmith_when_tracing_is_on(rated):
+    """The real LangSmith client, pointed at a loopback stand-in for LangSmith's API that records what it gets."""
+    from langsmith import Client
+
+    from server.feedback_forwarding import LangSmithFeedback
+
+    with serve_recorder() as (url, received):
+        rated.services.langsmith_feedback = LangSmithFeedback(
+            Client(api_url=url, api_key="ls-test", auto_batch_tracing=False)
+        )
+        response_id = answer(rated)
+        with rated.http() as http:
+            body = {"response_id": response_id, "score": 0.5, "comment": "meh", "correction": "Better."}
+            http.post("/v1/feedback", json=body).raise_for_status()
+        rated.settle()
+    sent_feedback = [body for path, body in received if path.endswith("/feedback")]
+    assert len(sent_feedback) == 1, [path for path, _ in received]
+    [sent] = sent_feedback
+    assert sent["run_id"] == str(uuid.UUID(response_id.removeprefix("chatcmpl-")))
+    assert (sent["key"], sent["score"], sent["comment"]) == ("user_score", 0.5, "meh")
+    assert sent["correction"] == {"answer": "Better."} and sent["session_id"] == PROJECT[0]["id"]
+
+
+PROJECT = [
+    {
+        "id": str(uuid.uuid4()),
+        "name": "default",
+        "start_time": "2026-11-27T00:00:00",
+        "tenant_id": str(uuid.uuid4()),
+        "reference_dataset_id": None,
+    }
+]
+
+
+@contextmanager
+def serve_recorder():
+    """A loopback HTTP server answering every request with ``{}`` and recording (path, JSON body)."""
+    received: list[tuple[str, dict]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            length = int(self.headers.get("content-length") or 0)
+            raw = self.rfile.read(length) if length else b""
+            try:
+                received.append((self.path, json.loads(raw or b"{}")))
+            except ValueError:
+                received.append((self.path, {}))
+            payload = json.dumps(PROJECT if self.path.startswith("/sessions") else {}).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        do_GET = do_POST = do_PATCH = _answer
+
+        def log_message(self, *args) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_port}", received
+    finally:
+        httpd.shutdown()

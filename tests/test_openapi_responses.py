@@ -148,6 +148,7 @@ def test_assistant_messages_carry_their_response():
         "latency_ms": 12.5,
         "tool_calls": None,
         "citations": None,
+        "safety": None,
     }
     # One that called a tool shows the call in OpenAI's shape; the tool's answer names the call.
     called = _message("assistant", tool_calls=[{"name": "get_weather", "args": {"city": "Oslo"}, "id": "call_1"}])

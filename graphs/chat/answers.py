@@ -93,7 +93,7 @@ async def stream_choices(
             choice.logprobs.extend(chunk_logprobs)
         if delta and (released := await choice.stage.feed(delta)):
             event: dict[str, Any] = {"index": index, "delta": released}
-            if chunk_logprobs and not choice.stage.filters:  # a filter's text would not match the model's logprobs
+            if chunk_logprobs and choice.stage.passthrough:  # a rewritten text would not match the model's logprobs
                 event["logprobs"] = {"content": chunk_logprobs}
             write(event)
     for index, choice in enumerate(choices):

@@ -36,6 +36,23 @@ class StoreVersions(Protocol):
     async def get(self, app_id: str, store_id: str, *, param: str = ...) -> Any: ...
 
 
+class Verdict(Protocol):
+    flagged: bool
+    categories: Sequence[str]
+
+    def as_dict(self) -> dict[str, Any]: ...
+
+
+class InputGuard(Protocol):
+    """What the input guard needs of a detector (``chains.safety.injection.InjectionDetector``)."""
+
+    detector: str  # "rules", or "rules+classifier" when a classifier model runs too
+
+    def screen(self, text: str) -> Verdict: ...
+
+    def screen_many(self, texts: Sequence[str]) -> list[Verdict]: ...
+
+
 @dataclass
 class ChatContext:
     models: ModelRegistry
@@ -57,5 +74,11 @@ class ChatContext:
     retrieval_min_score: float = 0.0
     # Requests sampling hotter than this are neither answered from the cache nor stored in it.
     cache_max_temperature: float = 1.0
+    # The input guard (None: no screening, whatever the app's mode); see graphs.chat.safety.
+    guard: InputGuard | None = None
+    # The deployment's safety defaults, for apps that set none: modes ("off", "flag", "block") and PII policy.
+    guard_mode: str = "off"
+    moderation_mode: str = "off"
+    pii_policy: dict[str, Any] | None = None
     # Runs work the client need not wait for (storing an answer in the cache); awaited inline when None.
     spawn: Callable[[Coroutine[Any, Any, Any]], None] | None = None

@@ -21,10 +21,11 @@ from langchain_core.messages import BaseMessage, SystemMessage
 from langgraph.runtime import Runtime
 
 from chains.model_routes import ModelRoute
-from chains.output_stage import OutputStage
+from chains.output_stage import OutputStage, prepare
 from errors import APIError, ServiceUnavailable
 from graphs.chat.answers import Choice, serve_text
 from graphs.chat.context import ChatContext
+from graphs.chat.safety import output_verdicts, screen_passages
 from graphs.chat.state import ChatState
 from memory.semantic_cache import CachedAnswer, chat_scope
 from prompts.loader import load_prompt
@@ -103,10 +104,12 @@ async def lookup_cache(state: ChatState, runtime: Runtime[ChatContext]) -> dict[
     stream = bool(state.get("stream"))
     if stream:
         runtime.stream_writer({"info": {"cache": "hit"}})  # before the text: the response's headers say it
+    await prepare(context.output_filters, state)
     choice = Choice(OutputStage.for_answer(context.output_filters, state))
     await serve_text(choice, hit.answer.text, stream=stream, write=runtime.stream_writer)
     answer = choice.answer(state["response_id"])
     return {
+        **output_verdicts(state, [choice.stage]),
         "cache": "hit",
         "cache_tier": hit.tier,
         "cache_scope": scope,
@@ -146,6 +149,8 @@ async def retrieve_context(state: ChatState, runtime: Runtime[ChatContext]) -> d
     except Exception as exc:
         log.warning("knowledge search failed", exc_info=True)
         raise ServiceUnavailable("The knowledge base is unavailable; retry later.") from exc
+    keep, screened = await screen_passages(state, context, [hit.chunk.text for hit in hits])
+    hits = [hit for hit, kept in zip(hits, keep) if kept]
     chat = context.models.get(state["model_name"])
     room = chat.route.context_window - chat.max_tokens_for(state.get("params") or {}) - state["prompt_tokens"]
     passages: list[str] = []
@@ -173,6 +178,7 @@ async def retrieve_context(state: ChatState, runtime: Runtime[ChatContext]) -> d
     system = [SystemMessage(content="\n\n".join([*(m.text for m in state["system"]), grounding]))]
     prompt = [*system, *state["prompt"][len(state["system"]) :]]
     return {
+        **screened,
         "prompt": prompt,
         "citations": citations,
         "prompt_tokens": state["prompt_tokens"] + chat.tokens.count_text(grounding) + 4,

@@ -13,14 +13,15 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.runtime import Runtime
 
 from chains.model_routes import translate_upstream_error
-from chains.output_stage import OutputStage
+from chains.output_stage import OutputStage, prepare
 from chains.route_features import check_request, content_kinds
 from errors import ContextLengthExceeded, InvalidRequest
 from graphs.chat.answers import Choice, generate_choices, stream_choices
 from graphs.chat.context import ChatContext
 from graphs.chat.knowledge import plan_cache, remember_answer, resolve_stores
+from graphs.chat.safety import output_verdicts
 from graphs.chat.state import ChatState
-from storage.message_records import tool_calls_of
+from storage.message_records import to_record, tool_calls_of
 from storage.transcripts import TurnRecord, new_conversation_id
 
 
@@ -114,6 +115,7 @@ async def call_model(state: ChatState, config: RunnableConfig, runtime: Runtime[
     chat = context.models.get(state["model_name"])
     params = state.get("params") or {}
     kwargs = chat.call_kwargs(params)
+    await prepare(context.output_filters, state)
     choices = [Choice(OutputStage.for_answer(context.output_filters, state)) for _ in range(params.get("n") or 1)]
     try:
         if state.get("stream"):
@@ -131,6 +133,7 @@ async def call_model(state: ChatState, config: RunnableConfig, runtime: Runtime[
     cached_tokens = (usage.get("input_token_details") or {}).get("cache_read") or 0
     answers = [choice.answer(state["response_id"]) for choice in choices]
     return {
+        **output_verdicts(state, [choice.stage for choice in choices]),
         "answer": answers[0],
         "more_answers": answers[1:],
         "prompt_tokens": prompt_tokens,
@@ -165,6 +168,10 @@ async def persist(state: ChatState, runtime: Runtime[ChatContext]) -> dict[str, 
             cost=state.get("cost", 0.0),
             cached=state.get("cache") == "hit",
             citations=state.get("citations"),
+            safety=state.get("safety"),
+            stored_messages=[to_record(m) for m in [*state["system"], *state["messages"]]]
+            if state.get("store") and not conversation_id
+            else None,
         )
     )
     if conversation_id and total:

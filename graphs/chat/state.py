@@ -30,6 +30,13 @@ class ChatInput(TypedDict, total=False):
     app_default_store: str | None
     # The semantic cache may answer (False: the request, or its app, turned it off).
     use_cache: bool
+    # Keep a stateless request's messages and answer (OpenAI's ``store``), for feedback exports and evaluations.
+    store: bool
+    # Safety, as the app (or the deployment) set it: the input guard's and the answer moderation's mode ("off",
+    # "flag" or "block"), the PII redaction policy of answers (None: off).
+    guard_mode: str
+    moderation_mode: str
+    pii_policy: dict[str, Any] | None
 
 
 class ChatState(ChatInput, total=False):
@@ -50,6 +57,8 @@ class ChatState(ChatInput, total=False):
     cache_scope: str | None
     # The knowledge chunks the answer is grounded in ({"file_id", "filename", "chunk", "score", "quote"}).
     citations: list[dict[str, Any]]
+    # What the safety checks found: {"input", "context", "redactions", "moderation"} (see graphs.chat.safety).
+    safety: dict[str, Any]
     # The answer as the client saw it: the model's text after the output stage (its finish reason and logprobs in
     # response_metadata). The first choice, the one a conversation keeps; the others of ``n`` in ``more_answers``.
     answer: AIMessage

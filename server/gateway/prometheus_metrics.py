@@ -46,6 +46,7 @@ class _Instruments:
     rate_limited: Counter
     model_errors: Counter
     cache_lookups: Counter
+    safety: Counter
 
 
 def _instruments(registry: CollectorRegistry | None) -> _Instruments:
@@ -92,6 +93,13 @@ def _instruments(registry: CollectorRegistry | None) -> _Instruments:
             "genai_cache_lookups",
             "Semantic cache lookups of chat requests, by result (hit or miss) and the tier that hit.",
             ["result", "tier"],
+            registry=registry,
+        ),
+        safety=Counter(
+            "genai_safety_verdicts",
+            "Chat requests a safety check acted on, by check (input, context, pii, moderation) and outcome "
+            "(flagged, blocked, redacted).",
+            ["check", "outcome"],
             registry=registry,
         ),
     )
@@ -141,6 +149,21 @@ class Metrics:
     def cache_lookup(self, hit: bool, tier: str | None = None) -> None:
         self._m.cache_lookups.labels("hit" if hit else "miss", tier or "none").inc()
 
+    def safety_verdicts(self, safety: dict[str, Any] | None) -> None:
+        """Count what a request's safety checks did (graphs.chat.safety has the shape)."""
+        if not safety:
+            return
+        for check in ("input", "moderation"):
+            if (action := (safety.get(check) or {}).get("action")) in ("flagged", "blocked"):
+                self._m.safety.labels(check, action).inc()
+        context = safety.get("context") or {}
+        if context.get("dropped"):
+            self._m.safety.labels("context", "blocked").inc()
+        elif context.get("flagged"):
+            self._m.safety.labels("context", "flagged").inc()
+        if safety.get("redactions"):
+            self._m.safety.labels("pii", "redacted").inc()
+
     def model_error(self, model: str, code: str | None) -> None:
         self._m.model_errors.labels(model, code or "unknown").inc()
 
@@ -180,6 +203,7 @@ class ChatRecorder:
             self.metrics.observe_first_token(self._model(info), time.perf_counter() - self.started_at)
 
     def finished(self, info: dict[str, Any]) -> None:
+        self.metrics.safety_verdicts(info.get("safety"))
         if info.get("cache") in ("hit", "miss"):
             self.metrics.cache_lookup(info["cache"] == "hit", info.get("cache_tier"))
         if info.get("cache") == "hit":
@@ -190,6 +214,7 @@ class ChatRecorder:
 
     def failed(self, error: BaseException, info: dict[str, Any] | None = None) -> None:
         """Errors on the model's side (status >= 500: unreachable, timed out, failed) count as model errors."""
+        self.metrics.safety_verdicts(getattr(error, "safety", None))
         if isinstance(error, APIError) and error.status_code >= 500:
             self.metrics.model_error(self._model(info or {}), error.code)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictStr, field_validator
@@ -19,6 +19,10 @@ Limit = Annotated[int, Field(ge=1, le=10_000_000)]
 # Currency units per calendar month (UTC); 0 stops every chat request. A JSON number: no strings or booleans.
 Budget = Annotated[StrictFloat, Field(ge=0, le=1e12, allow_inf_nan=False)]
 BUDGET_HELP = "spending limit per calendar month (UTC), in the currency of the routes' prices; null for none"
+Mode = Literal["off", "flag", "block"]
+GUARD_HELP = "input guard: off, flag (answer and record the verdict) or block (400); null: the deployment's default"
+MODERATION_HELP = "answer moderation: off, flag or block (finish reason content_filter); null: the default"
+PII_HELP = 'PII redaction of answers, {"entities": [...], "action": "replace" | "mask" | "hash"}; null: the default'
 
 
 class AppCreate(BaseModel):
@@ -31,6 +35,9 @@ class AppCreate(BaseModel):
     tpm: Limit | None = Field(None, description="default tokens per minute for the app's keys")
     monthly_budget: Budget | None = Field(None, description=BUDGET_HELP + "; shared by all the app's keys")
     cache_enabled: StrictBool = Field(True, description="false: no answer of the app comes from the semantic cache")
+    guard_mode: Mode | None = Field(None, description=GUARD_HELP)
+    moderation_mode: Mode | None = Field(None, description=MODERATION_HELP)
+    pii_policy: dict[str, Any] | None = Field(None, description=PII_HELP)
 
     @field_validator("name")
     @classmethod
@@ -49,6 +56,9 @@ class AppUpdate(BaseModel):
     tpm: Limit | None = None
     monthly_budget: Budget | None = Field(None, description=BUDGET_HELP)
     cache_enabled: StrictBool = Field(True, description="false: no answer of the app comes from the semantic cache")
+    guard_mode: Mode | None = Field(None, description=GUARD_HELP)
+    moderation_mode: Mode | None = Field(None, description=MODERATION_HELP)
+    pii_policy: dict[str, Any] | None = Field(None, description=PII_HELP)
 
 
 class KeyCreate(BaseModel):
@@ -90,10 +100,19 @@ def _check_models(services, models: list[str] | None) -> None:
         raise InvalidRequest(f"Unknown model route(s): {', '.join(unknown)}.", param="allowed_models")
 
 
+def _checked_policy(services, body: AppCreate | AppUpdate) -> dict[str, Any]:
+    """The body's fields, its PII policy validated (a 400 naming what is wrong)."""
+    fields = body.model_dump(exclude_unset=True)
+    if fields.get("pii_policy") is not None:
+        fields["pii_policy"] = services.safety.check_policy(fields["pii_policy"])
+        services.safety.warm_up()
+    return fields
+
+
 @router.post("/apps")
 async def create_app(body: AppCreate, _: AdminCaller, services: ServicesDep) -> App:
     _check_models(services, body.allowed_models)
-    return app_object(await services.tenants.create_app(**body.model_dump()))
+    return app_object(await services.tenants.create_app(**_checked_policy(services, body)))
 
 
 @router.get("/apps")
@@ -109,7 +128,7 @@ async def retrieve_app(app: str, _: AdminCaller, services: ServicesDep) -> App:
 @router.patch("/apps/{app}")
 async def update_app(app: str, body: AppUpdate, _: AdminCaller, services: ServicesDep) -> App:
     _check_models(services, body.allowed_models)
-    updated = await services.tenants.update_app(app, **body.model_dump(exclude_unset=True))
+    updated = await services.tenants.update_app(app, **_checked_policy(services, body))
     services.auth.forget()
     return app_object(updated)
 

@@ -45,6 +45,7 @@ async def create_chat_completion(
         user=body.user,
         vector_store_ids=body.vector_store_ids,
         use_cache=body.cache is not False and not no_cache,
+        store=bool(body.store),
     )
     if not body.stream:
         result = await services.chat.complete(call)
@@ -74,6 +75,8 @@ def completion_object(result: ChatResult) -> dict[str, Any]:
         body["conversation_id"] = result.conversation_id
     if result.citations:
         body["citations"] = result.citations
+    if result.safety:
+        body["safety"] = result.safety
     return body
 
 
@@ -108,7 +111,8 @@ async def sse_chunks(stream: ChatStream, include_usage: bool) -> AsyncIterator[b
         for index, choice in enumerate(result.choices):
             if index not in opened:
                 yield shape.event({"role": "assistant", "content": ""}, index=index)
-            yield shape.event({}, choice.finish_reason, index=index, citations=result.citations if index == 0 else None)
+            last = {"citations": result.citations, "safety": result.safety} if index == 0 else {}
+            yield shape.event({}, choice.finish_reason, index=index, **last)
         if include_usage:
             yield shape.event(None, usage=Usage.of(result.prompt_tokens, result.completion_tokens).model_dump())
         yield b"data: [DONE]\n\n"
@@ -136,6 +140,7 @@ class _ChunkShape:
         logprobs: Any = None,
         index: int = 0,
         citations: list[dict[str, Any]] | None = None,
+        safety: dict[str, Any] | None = None,
     ) -> bytes:
         """One SSE event of choice ``index``; ``delta=None`` makes the usage chunk, whose ``choices`` is empty."""
         choices = (
@@ -150,4 +155,6 @@ class _ChunkShape:
             body["conversation_id"] = self.conversation_id
         if citations:
             body["citations"] = citations
+        if safety:
+            body["safety"] = safety
         return b"data: " + orjson.dumps(body) + b"\n\n"

@@ -6,7 +6,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from server.chat_service import openai_tool_call
 from server.deps import AppCaller, ServicesDep
 from server.schemas import (
     Conversation,
@@ -20,6 +19,7 @@ from server.schemas import (
     MessageUsage,
 )
 from storage import tables
+from storage.message_records import openai_tool_call
 
 router = APIRouter(prefix="/v1/conversations", tags=["conversations"])
 

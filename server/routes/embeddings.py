@@ -72,11 +72,13 @@ async def create_embeddings(body: EmbeddingRequest, caller: ChatCaller, services
     try:
         result = await model.embed(texts, dimensions=body.dimensions)
     except APIError as error:
-        await _book(services, caller, TurnRecord.failure(**record.keywords, error=error, latency_ms=_since(started)))
+        await book_usage(
+            services, caller, TurnRecord.failure(**record.keywords, error=error, latency_ms=_since(started))
+        )
         raise
     tokens = result.prompt_tokens
     cost = tokens * model.input_price / 1_000_000
-    await _book(
+    await book_usage(
         services,
         caller,
         record(prompt_tokens=tokens, completion_tokens=0, cost=cost, latency_ms=_since(started)),
@@ -96,7 +98,7 @@ def _since(started: float) -> float:
     return (time.perf_counter() - started) * 1000
 
 
-async def _book(services: Services, caller: Caller, record: TurnRecord) -> None:
+async def book_usage(services: Services, caller: Caller, record: TurnRecord) -> None:
     """The usage record of one request, and its tokens and cost charged to the key's limits and budgets (after the
     call, as chat does). The client's answer must not fail on the books: a failure here is logged."""
     try:

@@ -12,8 +12,10 @@ from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, Stric
 from server.deps import AppCaller, ServicesDep
 from server.routes.usage import parse_time
 from server.schemas import FeedbackList, FeedbackObject
+from server.services import Services
 from storage import tables
 from storage.feedback import FeedbackFilter
+from storage.tenants import Caller
 
 router = APIRouter(prefix="/v1/feedback", tags=["feedback"])
 
@@ -38,10 +40,22 @@ def feedback_object(row: tables.Feedback) -> FeedbackObject:
     return FeedbackObject.of_row(row)
 
 
+async def record_feedback(
+    services: Services, caller: Caller, response_id: str, *, score: float, comment: str | None, correction: str | None
+) -> tables.Feedback:
+    """Store the rating (the one way in, for /v1/feedback and the playground's thumbs), then forward it to LangSmith
+    in the background when tracing is on."""
+    row = await services.feedback.rate(caller.app_id, response_id, score=score, comment=comment, correction=correction)
+    services.chat.spawn(
+        services.langsmith_feedback.forward(response_id, score=score, comment=comment, correction=correction)
+    )
+    return row
+
+
 @router.post("")
 async def rate_answer(body: FeedbackCreate, caller: AppCaller, services: ServicesDep) -> FeedbackObject:
-    row = await services.feedback.rate(
-        caller.app_id, body.response_id, score=body.score, comment=body.comment, correction=body.correction
+    row = await record_feedback(
+        services, caller, body.response_id, score=body.score, comment=body.comment, correction=body.correction
     )
     return feedback_object(row)
 

@@ -11,19 +11,31 @@ service's answer out as AI message chunks.
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import orjson
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Request, Response
 from langchain_core.messages import AIMessageChunk, AnyMessage, message_chunk_to_message
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableGenerator
 from langserve import add_routes
-from pydantic import BaseModel, Field, WithJsonSchema
+from langserve.playground import serve_playground
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    WithJsonSchema,
+)
 
 from errors import InvalidRequest
-from server.chat_service import ChatCall, ChatService, trace_config
+from server.chat_service import ChatCall, ChatService, response_id_for, trace_config
 from server.gateway.auth import admit, app_caller
 from server.services import Services
 from storage.tenants import Caller
@@ -56,7 +68,7 @@ ANSWER_SCHEMA = {
                 "id": {"type": ["string", "null"], "description": "the response id"},
                 "response_metadata": {
                     "type": "object",
-                    "description": "on the last chunk: finish_reason, model_name, conversation_id, cached, citations",
+                    "description": "on the last chunk: finish_reason, model_name, conversation_id, cached, citations, safety",
                 },
                 "usage_metadata": {
                     "type": ["object", "null"],
@@ -114,6 +126,7 @@ def chat_runnable(service: ChatService) -> Runnable:
                 "conversation_id": result.conversation_id,
                 "cached": result.cached,
                 "citations": result.citations,
+                "safety": result.safety,
             },
             usage_metadata={
                 "input_tokens": result.prompt_tokens,
@@ -174,15 +187,87 @@ def mount(app: FastAPI, services: Services) -> None:
             "metadata": {**(config.get("metadata") or {}), **trace["metadata"]},
         }
 
+    runnable = chat_runnable(services.chat)
+    mount_feedback(app, services, runnable)
     add_routes(
         app,
-        chat_runnable(services.chat),
+        runnable,
         path=PATH,
         playground_type="chat",
         per_req_config_modifier=per_request_config,
         enable_feedback_endpoint=False,
         dependencies=[Depends(gate)],
     )
+
+
+class PlaygroundFeedback(BaseModel):
+    """LangServe's feedback request (``FeedbackCreateRequest``), as the chat playground's thumbs send it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: uuid.UUID = Field(description="the LangServe run id of the answer")
+    key: StrictStr = Field(min_length=1, max_length=128)
+    score: StrictInt | StrictFloat | StrictBool | None = None
+    value: Any = None
+    comment: StrictStr | None = Field(None, max_length=10_000)
+    correction: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = None
+
+
+def mount_feedback(app: FastAPI, services: Services, runnable: Runnable) -> None:
+    """``/chat/feedback``: the playground's thumbs, into the platform's feedback store (LangServe's own endpoint
+    would send them to LangSmith only, and shows the thumbs only when tracing is on). A run id is the answer's
+    response id in another form. The playground's page is served here (before LangServe's route) to show them."""
+    from server.routes.feedback import FeedbackCreate, record_feedback
+
+    @app.get(f"{PATH}/playground/", include_in_schema=False, dependencies=[Depends(gate)])
+    @app.get(f"{PATH}/playground/index.html", include_in_schema=False, dependencies=[Depends(gate)])
+    async def playground_page(request: Request) -> Response:
+        base_url = request.scope.get("root_path", "").rstrip("/") + PATH + "/playground"
+        return await serve_playground(
+            runnable, runnable.input_schema, runnable.output_schema, ["configurable"], base_url, "index.html",
+            feedback_enabled=True, public_trace_link_enabled=False, playground_type="chat",
+        )  # fmt: skip
+
+    @app.head(f"{PATH}/feedback", include_in_schema=False)
+    async def feedback_enabled(caller: Annotated[Caller, Depends(app_caller)]) -> Response:
+        return Response(status_code=200)
+
+    @app.post(f"{PATH}/feedback", tags=["chat"])
+    async def playground_feedback(
+        body: PlaygroundFeedback, request: Request, caller: Annotated[Caller, Depends(app_caller)]
+    ) -> dict[str, Any]:
+        await admit(request, caller)
+        if body.score is None:
+            raise InvalidRequest("`score` is required: 1 or 0 (thumbs), -1, or a number from 0 to 1.", param="score")
+        correction = (body.correction or {}).get("answer") if isinstance(body.correction, dict) else None
+        try:
+            checked = FeedbackCreate(
+                response_id=response_id_for(body.run_id),
+                score=float(body.score),
+                comment=body.comment,
+                correction=correction if isinstance(correction, str) else None,
+            )
+        except ValidationError:
+            raise InvalidRequest(
+                "`score` must be 1 or -1 (thumbs, also 0 for down), or a number from 0 to 1.", param="score"
+            ) from None
+        row = await record_feedback(
+            services, caller, checked.response_id, score=checked.score, comment=checked.comment,
+            correction=checked.correction,
+        )  # fmt: skip
+        moment = dt.datetime.fromtimestamp(row.updated_at, dt.UTC).isoformat()
+        return {
+            "id": str(uuid.uuid5(uuid.NAMESPACE_URL, row.id)),
+            "run_id": str(body.run_id),
+            "key": body.key,
+            "score": row.score,
+            "value": body.value,
+            "comment": row.comment,
+            "correction": body.correction,
+            "created_at": dt.datetime.fromtimestamp(row.created_at, dt.UTC).isoformat(),
+            "modified_at": moment,
+        }
 
 
 async def gate(request: Request, caller: Annotated[Caller, Depends(app_caller)]) -> None:

@@ -1,0 +1,1 @@
+"""Safety checks: input screening (prompt injection), output filters (PII redaction, moderation)."""
