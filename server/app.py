@@ -47,6 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if (parent := multiprocessing.parent_process()) is not None:  # a worker of `genai serve --workers N`
             watch_parent(parent.pid, terminate_self)  # never outlive the supervisor, even a SIGKILLed one
         await services.open()
+        await services.warm_up()
         yield
         await services.close()
 

@@ -142,6 +142,9 @@ class Services:
         await self.db.upgrade_schema()
         if self.settings.admin_key is not None:
             await self.ensure_admin_key(self.settings.admin_key.get_secret_value())
+
+    async def warm_up(self) -> None:
+        """What a serving process loads ahead of its first request (not the CLI): Presidio, when PII is redacted."""
         if self.settings.pii_policy or any(app.pii_policy for app in await self.tenants.list_apps()):
             self.safety.warm_up()  # the first redacted answer need not wait for Presidio to load
 

@@ -218,6 +218,15 @@ def redis_server(live_server, redis_url, llama) -> LiveServer:
     return live_server(redis_url=redis_url)
 
 
+def table_cell(table: str, row: str, column: str) -> str:
+    """A cell of a table the CLI printed (columns aligned under their header; empty cells are blank): the word
+    under ``column`` in the line that starts with ``row``."""
+    lines = table.splitlines()
+    line = next(line for line in lines if line.startswith(row))
+    cell = line[lines[0].index(column) :].split()
+    return cell[0] if cell else ""
+
+
 def clear_of_window_edge(seconds: float = 5.0) -> None:
     """Wait out the end of the current epoch minute when fewer than ``seconds`` are left.
 

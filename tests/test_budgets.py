@@ -23,7 +23,7 @@ from chains.local_model_process import free_port
 from chains.model_routes import ModelRoute
 from server.cli import build_parser
 from storage.tables import Usage
-from tests.conftest import ADMIN_KEY, ROOT
+from tests.conftest import ADMIN_KEY, ROOT, table_cell
 from tests.test_chat_service import LANGSERVE_INPUT, SETTLE
 from tests.test_errors import assert_error
 
@@ -337,9 +337,7 @@ def test_the_cli_sets_and_shows_budgets(live_server, mock_upstream, tmp_path):
     key = created.stdout.strip()
     other = genai("keys", "create", "--app", "cli-app").stdout.strip()
 
-    apps = genai("apps", "list").stdout.splitlines()
-    assert apps[0].split()[-1] == "BUDGET"
-    assert next(line for line in apps if line.startswith("cli-app")).split()[-1] == "0.75"
+    assert table_cell(genai("apps", "list").stdout, "cli-app", "BUDGET") == "0.75"
     keys = genai("keys", "list", "--app", "cli-app").stdout.splitlines()
     assert "BUDGET" in keys[0].split() and len(keys) == 3
     assert "0.25" in next(line for line in keys if line.startswith(key[:12])).split()

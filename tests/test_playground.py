@@ -4,8 +4,10 @@ server-side conversation. A screenshot is saved in .cache/screenshots/ to look a
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -94,3 +96,41 @@ def test_a_playground_turn_lands_in_the_conversation_of_x_conversation_id(browse
     with server.http() as http:
         stored = http.get(f"/v1/conversations/{conversation_id}").json()["messages"]
     assert [(m["role"], m["content"]) for m in stored] == [("user", QUESTION), ("assistant", answer)]
+
+
+THUMBS = "div.mb-8.group div.mt-2.flex.items-center span.mr-2 button"  # the answer's thumbs: up, then down
+
+
+def test_the_playground_thumbs_rate_the_answer_in_the_feedback_store(browser, server):
+    page = open_playground(browser, server)
+    # The answer's run id, as LangServe streams it: the first op of /chat/stream_log sets the run's state, id included.
+    with page.expect_response(lambda response: response.url.endswith("/chat/stream_log")) as streamed:
+        ask(page, QUESTION)
+    first_op = next(line for line in streamed.value.text().splitlines() if line.startswith("data: "))
+    run_id = uuid.UUID(json.loads(first_op[len("data: ") :])["ops"][0]["value"]["id"])
+    response_id = f"chatcmpl-{run_id.hex}"
+    thumbs = page.locator(THUMBS)
+    thumbs.first.wait_for()
+    assert thumbs.count() == 2
+
+    def rate(button: int) -> dict:
+        """Click a thumb; the body the page posted to /chat/feedback, once the platform answered it."""
+        with page.expect_response(lambda r: r.url.endswith("/chat/feedback") and r.request.method == "POST") as sent:
+            thumbs.nth(button).click()
+        assert sent.value.status == 200, sent.value.text()
+        return sent.value.request.post_data_json
+
+    def stored() -> list[tuple[str, float]]:
+        with server.http() as http:
+            rows = http.get("/v1/feedback").json()["data"]
+        return [(row["response_id"], row["score"]) for row in rows]
+
+    assert rate(0) == {"run_id": str(run_id), "key": "correctness", "score": 1}
+    assert stored() == [(response_id, 1.0)]
+    page.locator(f"{THUMBS} svg.stroke-teal-500").wait_for()  # the page shows the thumb up as given
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "playground-feedback.png"))
+    # Thumbs down replaces the rating: the playground sends 0 (LangSmith's "incorrect"), stored as given.
+    assert rate(1) == {"run_id": str(run_id), "key": "correctness", "score": 0}
+    assert stored() == [(response_id, 0.0)]
+    page.locator(f"{THUMBS} svg.stroke-red-500").wait_for()

@@ -8,13 +8,16 @@ answer carries exactly the PII or the words a test sends.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import openai
 import pytest
 
 from storage.tables import Message, Usage
-from tests.conftest import ADMIN_KEY
+from tests.conftest import ADMIN_KEY, ROOT, table_cell
 from tests.scripted_upstream import ScriptedUpstream, scripted_route, serve_scripted_upstream
 from tests.test_errors import assert_error
 
@@ -211,3 +214,43 @@ def test_moderations_endpoint_with_the_openai_sdk(guarded):
         assert_error(anonymous.post("/v1/moderations", json={"input": "x"}), 401)
     records = [row for row in guarded.rows(Usage.__table__) if row["response_id"].startswith("modr-")]
     assert len(records) == 3 and {row["model"] for row in records} == {"moderation:local"}
+
+
+def test_the_cli_sets_an_apps_safety(live_server, scripted, tmp_path):
+    data_dir = tmp_path / "cli-data"
+    env = {name: value for name, value in os.environ.items() if not name.startswith(("GENAI_", "PROMETHEUS_"))}
+    env.update(GENAI_DATA_DIR=str(data_dir), GENAI_ADMIN_KEY=ADMIN_KEY, GENAI_DEFAULT_MODEL="scripted")
+
+    def genai(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "server", *args], cwd=ROOT, env=env, capture_output=True, text=True, check=False
+        )
+
+    created = genai("apps", "create", "careful", "--guard", "block", "--pii", "email_address,CREDIT_CARD")
+    assert created.returncode == 0, created.stderr
+    updated = genai("apps", "update", "careful", "--moderation", "off", "--pii-action", "mask", "--pii", "all")
+    assert updated.returncode == 0, updated.stderr
+    assert "guard block, moderation off, pii mask EMAIL_ADDRESS,PHONE_NUMBER,CREDIT_CARD" in updated.stdout
+    listed = genai("apps", "list").stdout
+    cells = [table_cell(listed, "careful", column) for column in ("GUARD", "MODERATION", "PII")]
+    assert cells == ["block", "off", "mask"]
+    bad = genai("apps", "update", "careful", "--pii", "SHOE_SIZE")
+    assert bad.returncode == 1 and "SHOE_SIZE" in bad.stderr
+    person = genai("apps", "update", "careful", "--pii", "PERSON")
+    assert person.returncode == 1 and "GENAI_PII_SPACY_MODEL" in person.stderr
+    assert genai("apps", "update", "careful", "--guard", "strict").returncode == 2
+    assert genai("apps", "update", "nobody", "--guard", "off").returncode == 1
+
+    # The server reads what the CLI wrote.
+    server = live_server(
+        model_routes=[scripted_route("scripted", scripted)],
+        database_url=f"sqlite+aiosqlite:///{data_dir / 'genai.db'}",
+    )
+    key = server.create_key("careful")
+    with server.http(key=key) as http:
+        refused = http.post(
+            "/v1/chat/completions", json={"model": "scripted", "messages": [{"role": "user", "content": INJECTION}]}
+        )
+        assert_error(refused, 400, code="content_policy_violation")
+    masked = ask(server, f"mail {EMAIL}", key=key)["choices"][0]["message"]["content"]
+    assert masked == f"Scripted reply to: mail {'*' * len(EMAIL)}"
