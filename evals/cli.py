@@ -242,7 +242,9 @@ async def _in_process(
     settings = Settings()
     with contextlib.ExitStack() as children:
         if settings.uses_local_model and not settings.local_model_url:
-            settings = _start_local_model(settings, children)
+            from server.cli import start_local_model
+
+            settings = Settings(local_model_url=start_local_model(settings, children))
 
         async def action(services: Any) -> RunResult:
             caller, key_id = await _evals_caller(services, app)
@@ -254,25 +256,6 @@ async def _in_process(
                 await services.tenants.revoke_key(key_id)
 
         return await with_services(settings, action)
-
-
-def _start_local_model(settings: Any, children: contextlib.ExitStack) -> Any:
-    from chains.local_model_process import LocalModelServer
-    from server.settings import Settings
-
-    logs = settings.data_dir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    print("starting the local model (Gemma 3 270M under llama.cpp)", file=sys.stderr)
-    local = LocalModelServer(
-        settings.resolved_local_model_path,
-        context_window=settings.local_model_context,
-        threads=settings.local_model_threads,
-        log_path=logs / "llama-server.log",
-        startup_timeout=settings.local_model_startup_timeout,
-    )
-    children.callback(local.stop)
-    local.start()
-    return Settings(local_model_url=local.base_url)
 
 
 async def _evals_caller(services: Any, app: str) -> tuple[Any, str]:

@@ -55,23 +55,8 @@ def serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     with contextlib.ExitStack() as children:  # stopped in reverse order, after the workers
         if settings.uses_local_model and not settings.local_model_url:
-            from chains.local_model_process import LocalModelServer
-
-            logs = settings.data_dir / "logs"
-            logs.mkdir(parents=True, exist_ok=True)
-            log.info("starting the local model (Gemma 3 270M under llama.cpp)")
-            local = LocalModelServer(
-                settings.resolved_local_model_path,
-                context_window=settings.local_model_context,
-                threads=settings.local_model_threads,
-                log_path=logs / "llama-server.log",
-                startup_timeout=settings.local_model_startup_timeout,
-            )
-            children.callback(local.stop)
-            local.start()
             # Workers read their settings from the environment, so the URL travels there.
-            os.environ["GENAI_LOCAL_MODEL_URL"] = local.base_url
-            log.info("local model ready at %s", local.base_url)
+            os.environ["GENAI_LOCAL_MODEL_URL"] = start_local_model(settings, children)
         chroma_url = _knowledge_store(settings, workers, children)
         if chroma_url:
             os.environ["GENAI_CHROMA_URL"] = chroma_url
@@ -94,6 +79,26 @@ def serve(args: argparse.Namespace) -> int:
             timeout_graceful_shutdown=10,
         )
     return 0
+
+
+def start_local_model(settings: Settings, children: contextlib.ExitStack) -> str:
+    """Start the local model (llama.cpp with the Gemma GGUF), stopped with ``children``; its base URL."""
+    from chains.local_model_process import LocalModelServer
+
+    logs = settings.data_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log.info("starting the local model (Gemma 3 270M under llama.cpp)")
+    local = LocalModelServer(
+        settings.resolved_local_model_path,
+        context_window=settings.local_model_context,
+        threads=settings.local_model_threads,
+        log_path=logs / "llama-server.log",
+        startup_timeout=settings.local_model_startup_timeout,
+    )
+    children.callback(local.stop)
+    local.start()
+    log.info("local model ready at %s", local.base_url)
+    return local.base_url
 
 
 def _knowledge_store(settings: Settings, workers: int, children: contextlib.ExitStack) -> str | None:
