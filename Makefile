@@ -33,6 +33,10 @@ bench: $(STAMP) services
 	$(BIN)/python bench/retrieval_quality.py
 	$(BIN)/python bench/semantic_cache_threshold.py
 	$(BIN)/python bench/semantic_cache_latency.py
+	$(BIN)/python bench/injection_detection.py
+	$(BIN)/python bench/output_filters.py
+	$(BIN)/python bench/safety_overhead.py
+	$(BIN)/python bench/safety_set.py
 
 clean:
 	rm -rf $(VENV) .cache

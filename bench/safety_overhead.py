@@ -2,7 +2,7 @@
 
 Run from the project root with the project's virtualenv::
 
-    .venv/bin/python bench/safety_overhead.py      # ~3.5 minutes on 2 idle cores
+    .venv/bin/python bench/safety_overhead.py      # ~3 minutes on 2 idle cores
 
 One llama.cpp server (Gemma 3 270M, 2 threads, context 2048) and two platforms (``genai serve``, each with its own
 data directory) pointed at it with ``GENAI_LOCAL_MODEL_URL``, the semantic cache off on both:
@@ -243,7 +243,7 @@ def paired(answers: list[Answer], mode: str, metric: str) -> list[float]:
 
 
 def report_times(answers: list[Answer]) -> None:
-    print(f"{'':32s}{'off':>9s}{'all on':>9s}{'added':>9s}{'ratio':>8s}   paired added: median, p90")
+    print(f"{'':42s}{'off':>9s}{'all on':>9s}{'added':>9s}{'ratio':>8s}   paired added: median, p90")
     rows = [("stream", "ttft", "streamed: time to 1st token"), ("stream", "total", "streamed: time per answer"),
             ("plain", "total", "plain: time per answer")]  # fmt: skip
     for mode, metric, label in rows:
@@ -254,7 +254,7 @@ def report_times(answers: list[Answer]) -> None:
             tail = (
                 f"   {ms(percentile(diffs, 50)).strip()} ms, {ms(percentile(diffs, 90)).strip()} ms" if q == 50 else ""
             )
-            print(f"  {label + ', ' + name + ' ms':30s}{ms(off)}{ms(on)}{ms(on - off)}{on / off:8.3f}{tail}")
+            print(f"  {label + ', ' + name + ' ms':40s}{ms(off)}{ms(on)}{ms(on - off)}{on / off:8.3f}{tail}")
     print()
     print(f"{'tokens/s (sum of tokens / sum of time)':42s}{'off':>9s}{'all on':>9s}{'ratio':>8s}")
     for mode in MODES:
@@ -352,7 +352,7 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Safety overhead: the output filters' added latency, local model.")
-    parser.add_argument("--windows", type=int, default=3, help="windows: every prompt once per side and mode (3)")
+    parser.add_argument("--windows", type=int, default=5, help="windows: every prompt once per side and mode (5)")
     parser.add_argument("--budget", type=float, default=150.0, help="seconds after which no new window starts (150)")
     parser.add_argument("--max-tokens", type=int, default=64, help="max_tokens of every request (64)")
     parser.add_argument("--seed", type=int, default=1234, help="seed of every request (1234)")

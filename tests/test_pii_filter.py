@@ -231,6 +231,25 @@ async def test_tricky_splits(redactor: PiiRedactor) -> None:
     assert by_token.out == whole.text  # type: ignore[attr-defined]
 
 
+async def test_cards_with_other_separators_and_a_lower_case_iban(redactor: PiiRedactor) -> None:
+    """Groups separated by dots, slashes, underscores and no-break spaces; an IBAN in lower case, in one piece:
+    redacted whole and at every split; the same digits failing Luhn are left alone."""
+    text = (
+        "Cards 4111.1111.1111.1111, 5500/0000/0000/0004 and 3782_822463_10005, or 4111\u00a01111\u00a01111\u00a01111; "
+        "account gb82west12345698765432, not 4111.1111.1111.1112."
+    )
+    whole = redactor.redact(text, REPLACE)
+    assert whole.text == (
+        "Cards <CREDIT_CARD>, <CREDIT_CARD> and <CREDIT_CARD>, or <CREDIT_CARD>; account <IBAN_CODE>, "
+        "not 4111.1111.1111.1112."
+    )
+    for i in range(len(text) + 1):
+        pii = await stream(redactor, REPLACE, [text[:i], text[i:]], whole.text)
+        assert pii.out == whole.text, i  # type: ignore[attr-defined]
+    by_token = await stream(redactor, REPLACE, re.findall(r"\s*\S+", text), whole.text)
+    assert by_token.out == whole.text  # type: ignore[attr-defined]
+
+
 async def test_plain_text_is_released_at_once(redactor: PiiRedactor) -> None:
     pii = PiiFilter(redactor, REPLACE)
     assert await pii.feed("Sure, here is the summary you asked for. ") == "Sure, here is the summary you asked for. "
