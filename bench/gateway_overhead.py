@@ -223,7 +223,8 @@ def measure(args: argparse.Namespace, children: Children, roots: dict[str, Path]
     for name in ("baseline", "platform"):
         if name not in roots:
             continue
-        env = platform_env(args, children.workdir / f"data-{name}", GENAI_MODEL_ROUTES=json.dumps(routes))
+        extra = dict(setting.split("=", 1) for setting in args.platform_setting) if name == "platform" else {}
+        env = platform_env(args, children.workdir / f"data-{name}", GENAI_MODEL_ROUTES=json.dumps(routes), **extra)
         url, api_key = start_platform(children, f"platform-{name}", free_port(), env, roots[name])
         print(f"{name:16s}{url}  -> model `mock` at {upstream_url}/v1, Redis memory {args.redis_url}")
         print(f"                {'an app API key made for the run (rpm and tpm limits counted in Redis)' if api_key else 'no API key (this version has none)'}")
@@ -326,6 +327,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=32, help="concurrency of the throughput runs (default 32)")
     parser.add_argument("--seconds", type=float, default=6.0, help="measured seconds per side of each throughput run (default 6)")
     parser.add_argument("--segment-warmup", type=float, default=1.0, help="unmeasured seconds at the start of each throughput segment")
+    parser.add_argument(
+        "--platform-setting",
+        action="append",
+        default=[],
+        metavar="GENAI_X=VALUE",
+        help="a setting of the platform side only (repeatable), e.g. GENAI_PII_POLICY='{}' for every check on",
+    )
     parser.add_argument("--conversations", type=int, default=32, help="conversations per concurrency-1 phase (default 32)")
     add_common_args(parser)
     parser.add_argument(

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
+from chains.model_routes import ModelRoute
 from errors import ContentPolicyViolation
 from evals import (
     Answer,
@@ -37,7 +41,7 @@ from evals.langsmith_experiment import (
     upload_dataset,
 )
 from server.cli import _with_services, build_parser
-from tests.conftest import ADMIN_KEY
+from tests.conftest import ADMIN_KEY, ROOT
 from tests.mock_upstream import REPLY
 
 # ---------------------------------------------------------------- helpers
@@ -682,3 +686,67 @@ def test_the_smoke_set_passes_on_the_local_model(llama, genai_env, monkeypatch, 
                  "contains>=0.9", "--quiet") == 0  # fmt: skip
     summary = json.loads((out / "summary.json").read_text())
     assert summary["errors"] == 0 and summary["count"] == len(load_dataset("smoke").examples)
+
+
+def test_the_loop_closes_rated_answers_run_against_two_routes_and_compared(
+    live_server, mock_upstream, tmp_path, capsys
+):
+    """Answers are rated (one corrected), exported with `genai feedback export`, run as a dataset against two
+    routes over HTTP (one plain, one streamed), and the runs compared: the route whose answers match the
+    corrections is the better one, example by example."""
+    from tests.scripted_upstream import scripted_route, serve_scripted_upstream
+
+    with serve_scripted_upstream() as scripted:
+        server = live_server(
+            model_routes=[
+                ModelRoute(name="mock", base_url=mock_upstream, max_retries=0, timeout=10),
+                scripted_route("scripted", scripted),
+            ]
+        )
+        client = server.openai()
+        first = client.chat.completions.create(
+            model="scripted", messages=[{"role": "user", "content": "hi"}], store=True
+        )
+        second = client.chat.completions.create(
+            model="scripted", messages=[{"role": "user", "content": "hello"}], store=True
+        )
+        with server.http() as http:
+            http.post(
+                "/v1/feedback", json={"response_id": first.id, "score": -1, "correction": REPLY}
+            ).raise_for_status()
+            http.post("/v1/feedback", json={"response_id": second.id, "score": 1}).raise_for_status()
+        env = {
+            **os.environ,
+            "GENAI_DATABASE_URL": server.services.db.url,
+            "GENAI_DATA_DIR": str(server.settings.data_dir),
+        }
+        exported = subprocess.run(
+            [sys.executable, "-m", "server", "feedback", "export", "--since", "2020-01-01"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=True,
+        )  # fmt: skip
+        dataset = tmp_path / "rated.jsonl"
+        dataset.write_text(exported.stdout)
+        common = ["--target", server.url, "--api-key", server.key, "--evaluators", "exact", "--quiet"]
+        assert genai("eval", "run", str(dataset), "--model", "scripted", "--out", str(tmp_path / "a"), *common) == 0
+        assert (
+            genai("eval", "run", str(dataset), "--model", "mock", "--stream", "--out", str(tmp_path / "b"), *common)
+            == 0
+        )
+    before = {r["id"]: r for r in read_rows(tmp_path / "a")}
+    after = {r["id"]: r for r in read_rows(tmp_path / "b")}
+    assert {i: r["answer"] for i, r in before.items()} == {
+        first.id: "Scripted reply to: hi", second.id: "Scripted reply to: hello",
+    }  # fmt: skip
+    assert [r["answer"] for r in after.values()] == [REPLY, REPLY]
+
+    def exact(rows: dict) -> dict:
+        return {i: r["scores"]["exact"] and r["scores"]["exact"]["passed"] for i, r in rows.items()}
+
+    assert exact(before) == {first.id: False, second.id: None}  # the second has no reference: not applicable
+    assert exact(after) == {first.id: True, second.id: None}
+    capsys.readouterr()
+    assert genai("eval", "compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "c.html")) == 0
+    printed = capsys.readouterr().out
+    improved = printed[printed.index("IMPROVED (1)") : printed.index("REGRESSED (0)")]
+    assert first.id in improved and second.id not in printed
+    assert (tmp_path / "c.html").read_text().count(first.id) >= 1
