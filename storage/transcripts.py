@@ -85,6 +85,16 @@ class TurnRecord:
         )
 
 
+def without_evidence(safety: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The verdicts as a usage record keeps them: without the input guard's excerpts of the request (usage records
+    hold no message text; the message row has it)."""
+    if not safety:
+        return None
+    if "matches" not in (safety.get("input") or {}):
+        return safety
+    return {**safety, "input": {key: value for key, value in safety["input"].items() if key != "matches"}}
+
+
 def safety_outcome(safety: dict[str, Any] | None) -> str | None:
     """The strongest thing a request's safety checks did (the shape is graphs.chat.safety's), for usage reports."""
     if not safety:
@@ -295,7 +305,7 @@ class ConversationStore:
                     stream=turn.stream,
                     status=turn.status,
                     cost=turn.cost,
-                    safety=turn.safety or None,
+                    safety=without_evidence(turn.safety),
                     safety_outcome=safety_outcome(turn.safety),
                 )
             )

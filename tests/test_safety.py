@@ -78,6 +78,7 @@ def test_the_guard_flags_an_injection_by_default_and_answers(guarded):
     usage = {row["response_id"]: row for row in guarded.rows(Usage.__table__)}
     assert usage[body["id"]]["safety_outcome"] == "flagged"
     assert usage[body["id"]]["safety"]["input"]["categories"] == verdict["categories"]
+    assert "matches" not in usage[body["id"]]["safety"]["input"] and verdict["matches"]  # no request text in usage
     [answer] = [row for row in guarded.rows(Message.__table__) if row["role"] == "assistant"]
     assert answer["safety"]["input"]["action"] == "flagged"
     with guarded.http() as http:
