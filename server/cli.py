@@ -11,13 +11,14 @@ import os
 import shutil
 import signal
 import sys
-from urllib.parse import urlsplit
+import time
 
 import uvicorn
 
 from errors import APIError
 from server.json_logs import configure_logging, logging_config
 from server.settings import Settings
+from server.startup_errors import hide_password, settings_problem, unreachable
 
 log = logging.getLogger("genai")
 
@@ -43,8 +44,38 @@ async def _bootstrap_admin_key(services) -> None:
         )
 
 
+async def _wait_until_reachable(settings: Settings) -> None:
+    """The database (and Redis, when set) answer; retried for ``startup_wait_seconds``, so that a stack started all
+    at once comes up. The last error is raised when they do not answer in time."""
+    from redis.asyncio import Redis
+
+    from storage import Database
+
+    deadline = time.monotonic() + settings.startup_wait_seconds
+    while True:
+        db = Database(settings.resolved_database_url)
+        try:
+            await db.ping()
+            if settings.redis_url:
+                redis = Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+                try:
+                    await redis.ping()
+                finally:
+                    await redis.aclose()
+            return
+        except Exception as exc:
+            problem = unreachable(exc, settings.resolved_database_url, settings.redis_url)
+            if problem is None or time.monotonic() >= deadline:
+                raise
+            log.warning("waiting: %s", problem)
+            await asyncio.sleep(1.0)
+        finally:
+            await db.close()
+
+
 def serve(args: argparse.Namespace) -> int:
     settings = Settings()
+    asyncio.run(_wait_until_reachable(settings))
     asyncio.run(_with_services(settings, _bootstrap_admin_key))
     host = args.host or settings.host
     port = args.port if args.port is not None else settings.port
@@ -107,7 +138,7 @@ def _knowledge_store(settings: Settings, workers: int, children: contextlib.Exit
     Returns the URL workers must use, or None for embedded; exits with status 1 when the local server cannot start."""
     if settings.chroma_url:
         log.info(
-            "knowledge store: the Chroma server at %s (setting chroma_url)", _without_credentials(settings.chroma_url)
+            "knowledge store: the Chroma server at %s (setting chroma_url)", hide_password(settings.chroma_url)
         )
         return settings.chroma_url
     path = (settings.data_dir / "chroma").resolve()
@@ -132,11 +163,6 @@ def _knowledge_store(settings: Settings, workers: int, children: contextlib.Exit
         server.process.pid,
     )
     return server.url
-
-
-def _without_credentials(url: str) -> str:
-    parts = urlsplit(url)
-    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
 
 def _exit_on_sigterm(signum: int, _frame) -> None:
@@ -362,6 +388,7 @@ def db_current(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="genai", description="genai-platform: chat and image APIs for many apps")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error at start")
     commands = parser.add_subparsers(dest="command", required=True)
     serve_parser = commands.add_parser("serve", help="run the HTTP server")
     serve_parser.add_argument("--host", help="bind address (default 127.0.0.1, setting GENAI_HOST)")
@@ -442,6 +469,22 @@ def main(argv: list[str] | None = None) -> int:
     except APIError as error:  # not found, already exists, ...
         print(f"error: {error.message}", file=sys.stderr)
         return 1
+    except Exception as exc:  # a setting that does not parse, a service that does not answer: one line, no traceback
+        problem = None if args.debug else _startup_problem(exc)
+        if problem is None:
+            raise
+        print(f"error: {problem} (genai --debug ... shows the traceback)", file=sys.stderr)
+        return 1
+
+
+def _startup_problem(exc: BaseException) -> str | None:
+    if (problem := settings_problem(exc)) is not None:
+        return problem
+    try:
+        settings = Settings()
+    except Exception:
+        return None
+    return unreachable(exc, settings.resolved_database_url, settings.redis_url)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     local_model_context: int = Field(4096, ge=256)
     local_model_startup_timeout: float = Field(180.0, gt=0)
 
+    startup_wait_seconds: float = Field(
+        30.0, ge=0, description="genai serve waits this long for the database and Redis to answer at start"
+    )
+
     max_body_bytes: int = Field(1024 * 1024, gt=0)
     admin_key: SecretStr | None = None
     metrics_require_admin: bool = Field(False, description="GET /metrics needs an admin key")
