@@ -2,18 +2,24 @@
 
 ``SqlMemory`` reads the transcript store directly. ``RedisMemory`` keeps each
 conversation as a Redis list (plain structures, no modules) with a TTL, and
-rebuilds an expired list from the database on the next read.
+rebuilds an expired list from the database on the next read. While Redis is
+unreachable it reads the database (the transcript is whole: turns are committed
+there first), and drops, once Redis answers again, the lists of the conversations
+whose turns it could not append, so that none is read back without them.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Protocol
 
 import orjson
 from langchain_core.messages import BaseMessage
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
+from memory.redis_client import Outage
 from storage.message_records import from_record, row_record, to_record
 from storage.transcripts import ConversationStore
 
@@ -82,6 +88,8 @@ return 1
 """
 STALE_SECONDS = 5  # longer than a rebuild takes from its database read to its write
 
+log = logging.getLogger(__name__)
+
 
 class RedisMemory:
     def __init__(
@@ -92,8 +100,14 @@ class RedisMemory:
         ttl_seconds: int = 86400,
         max_messages: int = 100,
         prefix: str = "genai:memory:",
+        on_fallback=None,
     ) -> None:
         self.redis = redis
+        self.outage = Outage()
+        self.on_fallback = on_fallback  # called with "memory" when a turn is read from the database for want of Redis
+        # Conversations whose turns could not be appended while Redis was down: their lists are dropped when it
+        # answers again (this process's; a list also expires after ``ttl_seconds``).
+        self.unsynced: set[str] = set()
         self.store = store
         self.ttl_seconds = ttl_seconds
         self.max_messages = max_messages
@@ -108,6 +122,18 @@ class RedisMemory:
         return f"{self.prefix}{conversation_id}:stale"
 
     async def load(self, conversation_id: str) -> list[BaseMessage]:
+        if self.outage.skip:
+            return await self._from_database(conversation_id)
+        try:
+            await self._resync()
+            loaded = await self._load(conversation_id)
+        except RedisError as exc:
+            self._down(exc)
+            return await self._from_database(conversation_id)
+        self._up()
+        return loaded
+
+    async def _load(self, conversation_id: str) -> list[BaseMessage]:
         key = self.key(conversation_id)
         async with self.redis.pipeline(transaction=False) as pipe:
             raw, _ = await pipe.lrange(key, -self.max_messages, -1).expire(key, self.ttl_seconds).execute()
@@ -120,8 +146,22 @@ class RedisMemory:
         return [from_record(**row_record(row)) for row in rows]
 
     async def append(self, conversation_id: str, messages: Sequence[BaseMessage], total: int) -> None:
+        """After the turn is committed: never fails for Redis (the database has the turn)."""
         if not messages:
             return
+        if self.outage.skip:
+            self.unsynced.add(conversation_id)
+            return
+        try:
+            await self._resync()
+            await self._append_records(conversation_id, messages, total)
+        except RedisError as exc:
+            self._down(exc)
+            self.unsynced.add(conversation_id)
+        else:
+            self._up()
+
+    async def _append_records(self, conversation_id: str, messages: Sequence[BaseMessage], total: int) -> None:
         records = [orjson.dumps(to_record(message)) for message in messages]
         keys = [self.key(conversation_id), self.stale_key(conversation_id)]
         before = max(total - len(records), 0)
@@ -134,3 +174,29 @@ class RedisMemory:
 
     async def ping(self) -> None:
         await self.redis.ping()
+
+    async def _from_database(self, conversation_id: str) -> list[BaseMessage]:
+        if self.on_fallback is not None:
+            self.on_fallback("memory")
+        rows = await self.store.messages(conversation_id, limit=self.max_messages)
+        return [from_record(**row_record(row)) for row in rows]
+
+    def _down(self, exc: RedisError) -> None:
+        if self.outage.down():
+            log.warning("Redis is unreachable: memory is read from the database until it answers: %s", exc)
+
+    def _up(self) -> None:
+        if self.outage.up():
+            log.warning("Redis answers again: memory is kept there again")
+
+    async def _resync(self) -> None:
+        """Once Redis answers after an outage: drop the lists that miss turns appended meanwhile (the next read
+        rebuilds them from the database)."""
+        if not self.unsynced:
+            return
+        stale = sorted(self.unsynced)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for conversation_id in stale:
+                pipe.delete(self.key(conversation_id)).set(self.stale_key(conversation_id), 1, ex=STALE_SECONDS)
+            await pipe.execute()
+        self.unsynced.difference_update(stale)

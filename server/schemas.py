@@ -289,7 +289,9 @@ class Health(ResponseBody):
 
 
 class Readiness(ResponseBody):
-    status: Literal["ok", "unavailable"]
+    status: Literal["ok", "degraded", "unavailable"] = Field(
+        description="degraded: Redis does not answer, and the platform works on without it"
+    )
     checks: dict[str, str] = Field(description='each dependency (database, redis, model:<route>): "ok" or why not')
 
 

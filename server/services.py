@@ -18,6 +18,7 @@ from errors import Conflict
 from graphs.chat import ChatContext, build_chat_graph
 from graphs.chat.safety import PiiFilters, moderation_filters
 from memory import ConversationMemory, RedisMemory, SqlMemory
+from memory.redis_client import open_redis
 from memory.semantic_cache import SemanticCache
 from server.chat_service import ChatService
 from server.feedback_forwarding import LangSmithFeedback
@@ -64,18 +65,22 @@ class Services:
     def build(cls, settings: Settings) -> Services:
         db = Database(settings.resolved_database_url)
         store = ConversationStore(db)
-        redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
+        redis = open_redis(settings.redis_url) if settings.redis_url else None
+        metrics = Metrics()
         memory: ConversationMemory
         if redis is not None:
             memory = RedisMemory(
-                redis, store, ttl_seconds=settings.memory_ttl_seconds, max_messages=settings.memory_max_messages
+                redis,
+                store,
+                ttl_seconds=settings.memory_ttl_seconds,
+                max_messages=settings.memory_max_messages,
+                on_fallback=metrics.redis_fallback,
             )
         else:
             memory = SqlMemory(store, max_messages=settings.memory_max_messages)
         models = ModelRegistry(settings.routes(), default=settings.resolved_default_model)
         tenants = TenantStore(db)
-        metrics = Metrics()
-        limiter = RateLimiter(settings.redis_url, on_reject=metrics.rate_limited)
+        limiter = RateLimiter(settings.redis_url, on_reject=metrics.rate_limited, on_fallback=metrics.redis_fallback)
         embeddings = build_embedding_model(settings.embedding_route)
         knowledge = LazyKnowledgeIndex(settings.data_dir, settings.chroma_url, embeddings.embeddings)
         files = FileStore(db, settings.data_dir / "files")

@@ -47,6 +47,7 @@ class _Instruments:
     model_errors: Counter
     cache_lookups: Counter
     safety: Counter
+    redis_fallbacks: Counter
 
 
 def _instruments(registry: CollectorRegistry | None) -> _Instruments:
@@ -100,6 +101,13 @@ def _instruments(registry: CollectorRegistry | None) -> _Instruments:
             "Chat requests a safety check acted on, by check (input, context, pii, moderation) and outcome "
             "(flagged, blocked, redacted).",
             ["check", "outcome"],
+            registry=registry,
+        ),
+        redis_fallbacks=Counter(
+            "genai_redis_fallbacks",
+            "Requests served without Redis while it was unreachable, by part: ratelimits (counted in process), "
+            "memory (read from the database), cache (the exact-match tier skipped).",
+            ["part"],
             registry=registry,
         ),
     )
@@ -163,6 +171,9 @@ class Metrics:
             self._m.safety.labels("context", "flagged").inc()
         if safety.get("redactions"):
             self._m.safety.labels("pii", "redacted").inc()
+
+    def redis_fallback(self, part: str) -> None:
+        self._m.redis_fallbacks.labels(part).inc()
 
     def model_error(self, model: str, code: str | None) -> None:
         self._m.model_errors.labels(model, code or "unknown").inc()

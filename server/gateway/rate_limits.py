@@ -5,8 +5,9 @@ are plain counters of what each app and key spent this calendar month (UTC).
 Both live in Redis when ``GENAI_REDIS_URL`` is set (every worker and replica
 shares them), in process otherwise. Token limits and budgets are checked before
 a request (is any left?) and charged after it with what it really used, as
-OpenAI does. When Redis cannot be reached, admission answers 503: no request
-goes through unchecked.
+OpenAI does. When Redis cannot be reached, the limits and budgets fall back to
+counts of this process (logged, counted in the metrics, shown by /readyz) until
+Redis answers again: no request goes through unchecked, none fails for it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 
 from fastapi import Request
 from limits import RateLimitItemPerMinute
-from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.aio.storage import MemoryStorage, RedisStorage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.errors import StorageError
 from limits.util import WindowStats
@@ -26,7 +27,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from errors import RateLimited, ServiceUnavailable
+from errors import RateLimited
+from memory.redis_client import REDIS_OPTIONS, Outage, open_redis
 from storage.tenants import Caller
 
 log = logging.getLogger(__name__)
@@ -74,8 +76,7 @@ class BudgetCounters:
     (``INCRBYFLOAT``, expiring after ``BUDGET_TTL_SECONDS``), or a dict of this month's in process."""
 
     def __init__(self, redis_url: str | None, prefix: str) -> None:
-        # Short timeouts: a Redis that hangs must not hang admission.
-        self.redis = Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2) if redis_url else None
+        self.redis: Redis | None = open_redis(redis_url) if redis_url else None
         self.prefix = prefix
         self._month = ""
         self._local: dict[str, float] = {}
@@ -113,39 +114,67 @@ class BudgetCounters:
 
 
 class RateLimiter:
-    def __init__(self, redis_url: str | None, prefix: str = "genai-ratelimit", on_reject=None) -> None:
-        storage: Storage
-        if redis_url:
-            storage = RedisStorage(f"async+{redis_url}", implementation="redispy", key_prefix=prefix)
-        else:
-            storage = MemoryStorage()
-        self.storage = storage
-        self.strategy = SlidingWindowCounterRateLimiter(storage)
+    def __init__(
+        self, redis_url: str | None, prefix: str = "genai-ratelimit", on_reject=None, on_fallback=None
+    ) -> None:
+        self.shared = redis_url is not None  # counted in Redis, for every worker and replica
+        self.strategy = SlidingWindowCounterRateLimiter(
+            RedisStorage(f"async+{redis_url}", implementation="redispy", key_prefix=prefix, **REDIS_OPTIONS)
+            if redis_url
+            else MemoryStorage()
+        )
         self.budgets = BudgetCounters(redis_url, f"{prefix}:budget")
+        # What this process counts while Redis is unreachable.
+        self.local_strategy = SlidingWindowCounterRateLimiter(MemoryStorage())
+        self.local_budgets = BudgetCounters(None, f"{prefix}:budget")
+        self.outage = Outage()
         self.on_reject = on_reject  # called with "requests", "tokens" or "budget", for metrics
+        self.on_fallback = on_fallback  # called with "ratelimits" for a request counted in process (Redis down)
 
     async def admit(self, request: Request, caller: Caller, requests: int = 1, *, chat: bool = False) -> None:
         """Count ``requests`` (a batch counts each of its inputs) against the key's limits, or raise 429
         with Retry-After. A count larger than what is left is refused whole and counts nothing. A ``chat``
         request (the only kind that costs money, so that a key whose budget is spent can still list models and
         read its usage) is first checked against the monthly budgets (429 ``insufficient_quota``, counting
-        nothing). 503 when Redis, which keeps the counts, cannot be reached."""
-        try:
-            if chat:
-                await self._check_budgets(caller)
-            await self._admit(request, caller, requests)
-        except (RedisError, StorageError) as exc:
-            log.warning("rate limits and budgets cannot be checked: %s: %s", type(exc).__name__, exc)
-            raise ServiceUnavailable(
-                "Rate limits and budgets cannot be checked right now: their store (Redis) is unavailable. "
-                "Please retry later."
-            ) from exc
+        nothing). While Redis is unreachable, this process's own counts decide."""
 
-    async def _check_budgets(self, caller: Caller) -> None:
+        async def count(strategy: SlidingWindowCounterRateLimiter, budgets: BudgetCounters) -> None:
+            if chat:
+                await self._check_budgets(caller, budgets)
+            await self._admit(request, caller, requests, strategy)
+
+        await self._counted(count)
+
+    async def _counted(self, action) -> None:
+        """``action(strategy, budgets)`` on the shared counts, or on this process's while Redis is unreachable
+        (after a failure, Redis is tried again ``Outage.retry_after`` seconds later)."""
+        if self.shared and not self.outage.skip:
+            try:
+                await action(self.strategy, self.budgets)
+            except (RedisError, StorageError) as exc:
+                if self.outage.down():
+                    log.warning(
+                        "Redis is unreachable: rate limits and budgets are counted per process until it answers: "
+                        "%s: %s",
+                        type(exc).__name__,
+                        exc,
+                    )
+            else:
+                if self.outage.up():
+                    log.warning("Redis answers again: rate limits and budgets are shared again")
+                return
+        elif not self.shared:
+            await action(self.strategy, self.budgets)
+            return
+        if self.on_fallback is not None:
+            self.on_fallback("ratelimits")
+        await action(self.local_strategy, self.local_budgets)
+
+    async def _check_budgets(self, caller: Caller, counters: BudgetCounters) -> None:
         """429 ``insufficient_quota`` when the app's or the key's budget for this month is spent."""
         moment = dt.datetime.now(dt.UTC)
         month = _month_of(moment)
-        app_counter, key_counter = self.budgets.names(caller, month)
+        app_counter, key_counter = counters.names(caller, month)
         owners = (
             (f"app '{caller.app_name}'", app_counter, caller.app_budget),
             (f"key {caller.key_prefix}...", key_counter, caller.key_budget),
@@ -153,7 +182,7 @@ class RateLimiter:
         budgets = [(owner, counter, budget) for owner, counter, budget in owners if budget is not None]
         if not budgets:
             return
-        spent = await self.budgets.spent([counter for _, counter, _ in budgets], month)
+        spent = await counters.spent([counter for _, counter, _ in budgets], month)
         for (owner, _, budget), used in zip(budgets, spent):
             if used >= budget:
                 error = RateLimited(
@@ -167,24 +196,28 @@ class RateLimiter:
                     self.on_reject("budget")
                 raise error
 
-    async def _admit(self, request: Request, caller: Caller, requests: int) -> None:
+    async def _admit(
+        self, request: Request, caller: Caller, requests: int, strategy: SlidingWindowCounterRateLimiter
+    ) -> None:
         headers: dict[str, str] = {}
         if caller.rpm:
             item = RateLimitItemPerMinute(caller.rpm)
-            admitted = await self.strategy.hit(item, "requests", caller.key_id, cost=requests)
-            reset, _ = await self._window(item, "requests", caller, headers)
+            admitted = await strategy.hit(item, "requests", caller.key_id, cost=requests)
+            reset, _ = await self._window(strategy, item, "requests", caller, headers)
             if not admitted:
                 self._reject("requests", caller, reset, headers)
         if caller.tpm:
             item = RateLimitItemPerMinute(caller.tpm)
-            reset, remaining = await self._window(item, "tokens", caller, headers)
+            reset, remaining = await self._window(strategy, item, "tokens", caller, headers)
             if remaining <= 0:
                 self._reject("tokens", caller, reset, headers)
         request.scope.setdefault("state", {})[HEADERS_STATE_KEY] = headers
 
-    async def _window(self, item, kind: str, caller: Caller, headers: dict[str, str]) -> tuple[float, int]:
+    async def _window(
+        self, strategy: SlidingWindowCounterRateLimiter, item, kind: str, caller: Caller, headers: dict[str, str]
+    ) -> tuple[float, int]:
         """Add OpenAI's limit/remaining/reset headers for ``kind``; returns (seconds to reset, remaining)."""
-        stats = await self.strategy.get_window_stats(item, kind, caller.key_id)
+        stats = await strategy.get_window_stats(item, kind, caller.key_id)
         reset = _reset_in(stats, item.amount)
         headers[f"x-ratelimit-limit-{kind}"] = str(item.amount)
         headers[f"x-ratelimit-remaining-{kind}"] = str(max(stats.remaining, 0))
@@ -195,16 +228,20 @@ class RateLimiter:
         """Charge what a finished request used: its cost to this month's spending of its app and key (whether
         they have a budget or not: one set later this month counts what was spent already), its tokens to the
         key's token limit."""
-        if cost > 0 and caller.app_id is not None:
-            month = _month_of(dt.datetime.now(dt.UTC))
-            await self.budgets.add(self.budgets.names(caller, month), month, cost)
-        if caller.tpm and tokens > 0:
-            item = RateLimitItemPerMinute(caller.tpm)
-            # Charge what fits: a hit larger than the remaining budget would be refused and count nothing.
-            stats = await self.strategy.get_window_stats(item, "tokens", caller.key_id)
-            charge = min(tokens, max(stats.remaining, 0))
-            if charge:
-                await self.strategy.hit(item, "tokens", caller.key_id, cost=charge)
+
+        async def charge(strategy: SlidingWindowCounterRateLimiter, budgets: BudgetCounters) -> None:
+            if cost > 0 and caller.app_id is not None:
+                month = _month_of(dt.datetime.now(dt.UTC))
+                await budgets.add(budgets.names(caller, month), month, cost)
+            if caller.tpm and tokens > 0:
+                item = RateLimitItemPerMinute(caller.tpm)
+                # Charge what fits: a hit larger than the remaining budget would be refused and count nothing.
+                stats = await strategy.get_window_stats(item, "tokens", caller.key_id)
+                fits = min(tokens, max(stats.remaining, 0))
+                if fits:
+                    await strategy.hit(item, "tokens", caller.key_id, cost=fits)
+
+        await self._counted(charge)
 
     async def aclose(self) -> None:
         """Close the budgets' Redis connections (the ``limits`` storage keeps its own)."""

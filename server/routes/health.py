@@ -1,4 +1,5 @@
-"""/healthz (the process answers) and /readyz (every dependency answers)."""
+"""/healthz (the process answers) and /readyz (every dependency answers; without Redis the platform works on,
+degraded: rate limits per process, memory from the database, no exact-match cache)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ from server.schemas import Health, Readiness
 
 router = APIRouter(tags=["health"])
 
+# What the platform does without a dependency it can work on without.
+DEGRADABLE = {"redis": "rate limits per process, memory from the database, no exact-match cache"}
+
 
 @router.get("/healthz")
 async def healthz() -> Health:
@@ -18,13 +22,20 @@ async def healthz() -> Health:
 @router.get(
     "/readyz",
     responses={
-        200: {"description": "Every dependency answers."},
+        200: {"description": "Every dependency answers (status ok), or all but Redis (status degraded)."},
         503: {"model": Readiness, "description": "Some dependency does not answer: its check says why."},
     },
 )
 async def readyz(services: ServicesDep, response: Response) -> Readiness:
     checks = await services.readiness()
-    ready = all(state == "ok" for state in checks.values())
-    if not ready:
+    failing = {name for name, state in checks.items() if state != "ok"}
+    if failing - set(DEGRADABLE):
         response.status_code = 503
-    return Readiness(status="ok" if ready else "unavailable", checks=checks)
+        return Readiness(status="unavailable", checks=checks)
+    if failing:
+        checks = {
+            name: f"{state} (degraded: {DEGRADABLE[name]})" if name in failing else state
+            for name, state in checks.items()
+        }
+        return Readiness(status="degraded", checks=checks)
+    return Readiness(status="ok", checks=checks)
