@@ -106,7 +106,7 @@ def _instruments(registry: CollectorRegistry | None) -> _Instruments:
         redis_fallbacks=Counter(
             "genai_redis_fallbacks",
             "Requests served without Redis while it was unreachable, by part: ratelimits (counted in process), "
-            "memory (read from the database), cache (the exact-match tier skipped).",
+            "memory (read from the database).",
             ["part"],
             registry=registry,
         ),
