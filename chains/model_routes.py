@@ -213,7 +213,13 @@ def translate_upstream_error(exc: Exception, route: ModelRoute) -> APIError | No
     if isinstance(exc, APIError):
         return exc
     if isinstance(exc, openai.APITimeoutError):
-        return UpstreamTimeout(f"The model `{route.name}` did not answer within {route.timeout:g} s.")
+        attempts = route.max_retries + 1
+        waited = f"{route.timeout * attempts:g} s" + (
+            f" ({attempts} attempts of {route.timeout:g} s)" if attempts > 1 else ""
+        )
+        return UpstreamTimeout(f"The model `{route.name}` did not answer within {waited}.")
+    if isinstance(exc, openai.APIResponseValidationError):
+        return UpstreamError(f"The model `{route.name}` sent a response that is not valid: {exc.message}")
     if isinstance(exc, openai.APIConnectionError):
         return ServiceUnavailable(f"The model `{route.name}` is unavailable: its server cannot be reached.")
     if isinstance(exc, openai.APIStatusError):
@@ -223,8 +229,14 @@ def translate_upstream_error(exc: Exception, route: ModelRoute) -> APIError | No
         if exc.status_code in (400, 422):
             return InvalidRequest(f"The model `{route.name}` rejected the request: {detail}")
         if exc.status_code in (429, 503):
-            return ServiceUnavailable(f"The model `{route.name}` is overloaded, retry later: {detail}")
+            retry_after = exc.response.headers.get("retry-after")
+            return ServiceUnavailable(
+                f"The model `{route.name}` is overloaded, retry later: {detail}",
+                headers={"retry-after": retry_after} if retry_after else None,
+            )
         return UpstreamError(f"The model `{route.name}` failed ({exc.status_code}): {detail}")
+    if isinstance(exc, openai.APIError):  # an error event in the middle of a stream
+        return UpstreamError(f"The model `{route.name}` failed: {exc.message}")
     return None
 
 

@@ -44,7 +44,7 @@ class ChatCompletionsTransport:
         response, streaming = await self._send(payload)
         if streaming:
             return SSEStream(response)
-        return orjson.loads(response.content)
+        return _parsed(response, response.content)
 
     async def _send(self, payload: dict[str, Any]) -> tuple[httpx.Response, bool]:
         body = _body(payload)
@@ -76,8 +76,9 @@ class ChatCompletionsTransport:
                 return response, streaming
             raw = await response.aread()
             await response.aclose()
-            if response.status_code in RETRY_STATUSES and attempt < self.max_retries:
-                await asyncio.sleep(0.25 * (attempt + 1))
+            wait = _retry_wait(response, attempt)
+            if response.status_code in RETRY_STATUSES and attempt < self.max_retries and wait is not None:
+                await asyncio.sleep(wait)
                 continue
             raise _status_error(response, raw)
         raise AssertionError("unreachable")
@@ -92,7 +93,7 @@ class _RawResponses:
 
     async def create(self, **payload: Any) -> _RawResponse:
         response, streaming = await self._transport._send(payload)
-        return _RawResponse(response, SSEStream(response) if streaming else orjson.loads(response.content))
+        return _RawResponse(response, SSEStream(response) if streaming else _parsed(response, response.content))
 
 
 class _RawResponse:
@@ -125,12 +126,12 @@ class SSEStream:
                 data = line[5:].strip()
                 if data == "[DONE]":
                     break
-                chunk = orjson.loads(data)
-                if isinstance(chunk, dict) and chunk.get("error"):
+                chunk = _parsed(self.response, data)
+                if chunk.get("error"):
                     error = chunk["error"]
                     message = error.get("message", str(error)) if isinstance(error, dict) else str(error)
                     raise openai.APIError(message, request=self.response.request, body=chunk)
-                choices = chunk.get("choices") if isinstance(chunk, dict) else None
+                choices = chunk.get("choices")
                 if choices and len(choices) > 1:  # LangChain reads one choice per chunk (n > 1)
                     for choice in choices:
                         yield {**chunk, "choices": [choice]}
@@ -154,6 +155,39 @@ def _body(payload: dict[str, Any]) -> dict[str, Any]:
         and key not in ("extra_body", "extra_headers", "extra_query", "timeout")
     }
     body.update(payload.get("extra_body") or {})
+    return body
+
+
+# The longest Retry-After of an upstream the platform waits out itself before its one retry; a longer one goes to
+# the client, whose own retry can wait that long.
+MAX_RETRY_AFTER_SECONDS = 2.0
+
+
+def _retry_wait(response: httpx.Response, attempt: int) -> float | None:
+    """How long to wait before retrying a failed attempt: the upstream's Retry-After (seconds) when it sends one
+    and it is short, else a short backoff; None when it asks for longer than the platform waits."""
+    header = response.headers.get("retry-after")
+    try:
+        asked = float(header) if header is not None else None
+    except ValueError:
+        asked = None
+    if asked is None:
+        return 0.25 * (attempt + 1)
+    return max(asked, 0.0) if asked <= MAX_RETRY_AFTER_SECONDS else None
+
+
+def _parsed(response: httpx.Response, raw: bytes | str) -> dict[str, Any]:
+    """An upstream's JSON object; one that is not (a proxy's HTML page, a cut body) is an
+    ``openai.APIResponseValidationError``, which the platform answers as a failed upstream (502)."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        body = None
+    if not isinstance(body, dict):
+        text = raw if isinstance(raw, str) else raw.decode("utf-8", "replace")
+        raise openai.APIResponseValidationError(
+            response=response, body=text[:1000], message=f"The upstream's response is not a JSON object: {text[:200]!r}"
+        )
     return body
 
 
