@@ -30,6 +30,7 @@ from langgraph.graph.state import CompiledStateGraph
 
 from errors import APIError, InternalError
 from graphs.chat import ChatContext, ChatInput
+from server.failures import as_api_error
 from server.gateway.prometheus_metrics import ChatRecorder, Metrics
 from server.gateway.rate_limits import RateLimiter
 from server.gateway.request_context import current_request_id
@@ -271,11 +272,9 @@ class _Run:
 
     async def failed(self, exc: Exception, info: dict[str, Any] | None = None) -> APIError:
         """Record the failure (metrics and a usage record) and return the error the client gets."""
-        if isinstance(exc, APIError):
-            error = exc
-        else:
+        error = as_api_error(exc)
+        if isinstance(error, InternalError) and not isinstance(exc, InternalError):
             log.error("chat request failed", exc_info=exc)
-            error = InternalError("The server had an error while processing your request.")
         self.recorder.failed(error, info)
         caller = self.call.caller
         try:

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from errors import APIError, InternalError, InvalidRequest, NotFound, PayloadTooLarge
+from server.failures import CONNECTION_ERRORS, as_api_error
 from server.gateway.auth import authenticate
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,19 @@ def install_error_handlers(app: FastAPI) -> None:
             )
         return error_response(error)
 
+    async def _connection(request: Request, exc: Exception) -> JSONResponse:
+        """A database that does not answer (``server.failures``): handled here, inside Starlette's error
+        middleware, which would send a 500 and re-raise for a handler of ``Exception``."""
+        return await _unexpected(request, exc)
+
+    for kind in CONNECTION_ERRORS:
+        app.add_exception_handler(kind, _connection)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(InternalError("The server had an error while processing your request."))
+        error = as_api_error(exc)
+        if isinstance(error, InternalError):
+            log.exception("unhandled error on %s %s", request.method, request.url.path)
+        else:
+            log.warning("%s %s: %s (%s: %s)", request.method, request.url.path, error.message, type(exc).__name__, exc)
+        return error_response(error)

@@ -19,7 +19,11 @@ class Database:
             self.engine: AsyncEngine = create_async_engine(url, connect_args={"timeout": 30})
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         else:
-            self.engine = create_async_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+            # A connection attempt that hangs gives up after 5 s (asyncpg's default is 60): the client gets a 503.
+            connect_args = {"timeout": 5} if url.startswith("postgresql+asyncpg") else {}
+            self.engine = create_async_engine(
+                url, pool_pre_ping=True, pool_size=10, max_overflow=20, connect_args=connect_args
+            )
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
     def _ensure_sqlite_dir(self) -> None:

@@ -148,7 +148,10 @@ async def retrieve_context(state: ChatState, runtime: Runtime[ChatContext]) -> d
         raise
     except Exception as exc:
         log.warning("knowledge search failed", exc_info=True)
-        raise ServiceUnavailable("The knowledge base is unavailable; retry later.") from exc
+        raise ServiceUnavailable(
+            f"The knowledge base is unavailable, so the answer cannot be grounded in {', '.join(stores)}; "
+            "retry later."
+        ) from exc
     keep, screened = await screen_passages(state, context, [hit.chunk.text for hit in hits])
     hits = [hit for hit, kept in zip(hits, keep) if kept]
     chat = context.models.get(state["model_name"])
