@@ -103,6 +103,7 @@ class RedisMemory:
         on_fallback=None,
     ) -> None:
         self.redis = redis
+        self.database = SqlMemory(store, max_messages)  # what memory is read from while Redis is unreachable
         self.outage = Outage()
         self.on_fallback = on_fallback  # called with "memory" when a turn is read from the database for want of Redis
         # Conversations whose turns could not be appended while Redis was down: their lists are dropped when it
@@ -178,8 +179,7 @@ class RedisMemory:
     async def _from_database(self, conversation_id: str) -> list[BaseMessage]:
         if self.on_fallback is not None:
             self.on_fallback("memory")
-        rows = await self.store.messages(conversation_id, limit=self.max_messages)
-        return [from_record(**row_record(row)) for row in rows]
+        return await self.database.load(conversation_id)
 
     def _down(self, exc: RedisError) -> None:
         if self.outage.down():

@@ -47,8 +47,7 @@ async def _bootstrap_admin_key(services) -> None:
 async def _wait_until_reachable(settings: Settings) -> None:
     """The database (and Redis, when set) answer; retried for ``startup_wait_seconds``, so that a stack started all
     at once comes up. The last error is raised when they do not answer in time."""
-    from redis.asyncio import Redis
-
+    from memory.redis_client import open_redis
     from storage import Database
 
     deadline = time.monotonic() + settings.startup_wait_seconds
@@ -57,7 +56,7 @@ async def _wait_until_reachable(settings: Settings) -> None:
         try:
             await db.ping()
             if settings.redis_url:
-                redis = Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+                redis = open_redis(settings.redis_url)
                 try:
                     await redis.ping()
                 finally:
@@ -137,9 +136,7 @@ def _knowledge_store(settings: Settings, workers: int, children: contextlib.Exit
     ``data_dir/chroma`` started here (an embedded store belongs to one process: two corrupt it); else embedded.
     Returns the URL workers must use, or None for embedded; exits with status 1 when the local server cannot start."""
     if settings.chroma_url:
-        log.info(
-            "knowledge store: the Chroma server at %s (setting chroma_url)", hide_password(settings.chroma_url)
-        )
+        log.info("knowledge store: the Chroma server at %s (setting chroma_url)", hide_password(settings.chroma_url))
         return settings.chroma_url
     path = (settings.data_dir / "chroma").resolve()
     if workers == 1:

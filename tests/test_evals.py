@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -41,7 +38,7 @@ from evals.langsmith_experiment import (
     upload_dataset,
 )
 from server.cli import _with_services, build_parser
-from tests.conftest import ADMIN_KEY, ROOT
+from tests.conftest import ADMIN_KEY
 from tests.mock_upstream import REPLY
 
 # ---------------------------------------------------------------- helpers
@@ -695,6 +692,7 @@ def test_the_loop_closes_rated_answers_run_against_two_routes_and_compared(
     routes over HTTP (one plain, one streamed), and the runs compared: the route whose answers match the
     corrections is the better one, example by example."""
     from tests.scripted_upstream import scripted_route, serve_scripted_upstream
+    from tests.test_feedback import export
 
     with serve_scripted_upstream() as scripted:
         server = live_server(
@@ -715,17 +713,8 @@ def test_the_loop_closes_rated_answers_run_against_two_routes_and_compared(
                 "/v1/feedback", json={"response_id": first.id, "score": -1, "correction": REPLY}
             ).raise_for_status()
             http.post("/v1/feedback", json={"response_id": second.id, "score": 1}).raise_for_status()
-        env = {
-            **os.environ,
-            "GENAI_DATABASE_URL": server.services.db.url,
-            "GENAI_DATA_DIR": str(server.settings.data_dir),
-        }
-        exported = subprocess.run(
-            [sys.executable, "-m", "server", "feedback", "export", "--since", "2020-01-01"],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=True,
-        )  # fmt: skip
-        dataset = tmp_path / "rated.jsonl"
-        dataset.write_text(exported.stdout)
+        examples, _ = export(server, "--since", "2020-01-01")
+        dataset = write_dataset(tmp_path / "rated.jsonl", examples)
         common = ["--target", server.url, "--api-key", server.key, "--evaluators", "exact", "--quiet"]
         assert genai("eval", "run", str(dataset), "--model", "scripted", "--out", str(tmp_path / "a"), *common) == 0
         assert (

@@ -134,13 +134,18 @@ def test_a_failed_request_cannot_be_rated(live_server):
         assert_error(http.post("/v1/feedback", json={"response_id": request_id, "score": 1}), 404)
 
 
-def export(server, *args: str) -> tuple[list[dict], str]:
-    """``genai feedback export`` on the server's database, as an operator runs it: the JSONL lines and stderr."""
+def run_export(server, *args: str) -> subprocess.CompletedProcess:
+    """``genai feedback export ARGS`` on the server's database, as an operator runs it."""
     env = {**os.environ, "GENAI_DATABASE_URL": server.services.db.url, "GENAI_DATA_DIR": str(server.settings.data_dir)}
-    done = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", "server", "feedback", "export", *args],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
+
+
+def export(server, *args: str) -> tuple[list[dict], str]:
+    """A successful export: its JSONL lines, parsed, and its stderr."""
+    done = run_export(server, *args)
     assert done.returncode == 0, done.stderr
     return [json.loads(line) for line in done.stdout.splitlines()], done.stderr
 
@@ -185,11 +190,7 @@ def test_rated_answers_export_as_an_evaluation_dataset(rated):
 
 
 def test_export_refuses_a_bad_date(rated):
-    env = {**os.environ, "GENAI_DATABASE_URL": rated.services.db.url, "GENAI_DATA_DIR": str(rated.settings.data_dir)}
-    done = subprocess.run(
-        [sys.executable, "-m", "server", "feedback", "export", "--since", "yesterday"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    done = run_export(rated, "--since", "yesterday")
     assert done.returncode == 1 and "--since" in done.stderr and done.stdout == ""
 
 

@@ -105,9 +105,8 @@ class _ModerationReport:
     """The answer's moderation: in ``block`` mode the checking filter (``chains.safety.moderation.ModerationFilter``)
     that holds what it may still block; in ``flag`` mode nothing is held, the whole answer is checked at its end."""
 
-    def __init__(self, checker: Any, mode: str, blocking: Any | None) -> None:
+    def __init__(self, checker: Any, blocking: Any | None) -> None:
         self.checker = checker
-        self.mode = mode
         self.blocking = blocking
         self.passthrough = blocking is None  # see chains.output_stage
         self.result: Any = None
@@ -177,7 +176,7 @@ def moderation_filters(checker: Any) -> Callable[[Any], ReportingFilter | None]:
         mode = state.get("moderation_mode", "off")
         if mode == "off":
             return None
-        return _ModerationReport(checker, mode, ModerationFilter(checker) if mode == "block" else None)
+        return _ModerationReport(checker, ModerationFilter(checker) if mode == "block" else None)
 
     return factory
 

@@ -148,7 +148,10 @@ class RateLimiter:
     async def _counted(self, action) -> None:
         """``action(strategy, budgets)`` on the shared counts, or on this process's while Redis is unreachable
         (after a failure, Redis is tried again ``Outage.retry_after`` seconds later)."""
-        if self.shared and not self.outage.skip:
+        if not self.shared:
+            await action(self.strategy, self.budgets)
+            return
+        if not self.outage.skip:
             try:
                 await action(self.strategy, self.budgets)
             except (RedisError, StorageError) as exc:
@@ -163,9 +166,6 @@ class RateLimiter:
                 if self.outage.up():
                     log.warning("Redis answers again: rate limits and budgets are shared again")
                 return
-        elif not self.shared:
-            await action(self.strategy, self.budgets)
-            return
         if self.on_fallback is not None:
             self.on_fallback("ratelimits")
         await action(self.local_strategy, self.local_budgets)
