@@ -37,7 +37,9 @@ def local_route(base_url: str, gguf_path: str, context_window: int) -> ModelRout
         context_window=context_window,
         max_output_tokens=LOCAL_MAX_OUTPUT_TOKENS,
         max_tokens_field="max_tokens",
-        timeout=120.0,
+        # llama.cpp answers one request at a time: a request may queue a while before its first byte.
+        first_byte_timeout=120.0,
+        timeout=300.0,
         max_retries=0,
         tokenizer_gguf=gguf_path,
         defaults=LOCAL_DEFAULTS,

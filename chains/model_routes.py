@@ -1,9 +1,11 @@
 """Model routes: configuration that names an OpenAI-compatible chat model.
 
-A route maps the public model name clients send to a base URL, the upstream
-model name, credentials and generation defaults. ``ModelRegistry`` builds one
-``ChatOpenAI`` per route (so HTTP connections are pooled) and turns the
-upstream's exceptions into the API's errors.
+A route maps the public model name clients send to one or more deployments
+(base URL, upstream model name, credentials), with generation defaults,
+timeouts, retries and the routes to fall back to. ``ModelRegistry`` builds one
+``ChatOpenAI`` per deployment (so HTTP connections are pooled) and turns the
+upstream's exceptions into the API's errors; ``chains.failover`` decides which
+deployment answers.
 """
 
 from __future__ import annotations
@@ -11,13 +13,16 @@ from __future__ import annotations
 import os
 from collections.abc import Collection, Iterable
 from functools import cached_property
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
+import httpx
 import openai
 from langchain_core.outputs import ChatGenerationChunk
 from langchain_openai import ChatOpenAI
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from redis.asyncio import Redis
 
+from chains.circuit_breaker import CircuitBreaker, State
 from chains.route_features import SAMPLING_FIELDS, Features, Provider, RouteFeatures, resolve
 from chains.tokens import ApproximateTokenCounter, GgufTokenCounter, TokenCounter
 from chains.transport import ChatCompletionsTransport
@@ -31,22 +36,63 @@ from errors import (
     UpstreamTimeout,
 )
 
+DEFAULT_FIRST_BYTE_TIMEOUT = 60.0
 
-class ModelRoute(BaseModel):
-    """One chat model the platform serves, as configuration."""
 
+class _Credentials(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, description="the model id clients send")
-    base_url: str = Field(description="OpenAI-compatible base URL, e.g. https://api.openai.com/v1")
-    model: str | None = Field(None, description="upstream model name; defaults to `name`")
     api_key: SecretStr | None = None
     api_key_env: str | None = Field(None, description="environment variable holding the key")
+
+    def resolve_api_key(self) -> str:
+        if self.api_key is not None:
+            return self.api_key.get_secret_value()
+        if self.api_key_env:
+            return os.environ.get(self.api_key_env, "")
+        # Local servers ignore the key, but the OpenAI client insists on one.
+        return "not-needed"
+
+
+class Deployment(_Credentials):
+    """One server behind a route: where requests go. Unset fields take the route's."""
+
+    name: str | None = Field(None, description="its name in metrics, usage and headers; defaults to host:port")
+    base_url: str = Field(description="OpenAI-compatible base URL")
+    model: str | None = Field(None, description="upstream model name; defaults to the route's")
+
+
+class ModelRoute(_Credentials):
+    """One chat model the platform serves, as configuration."""
+
+    name: str = Field(min_length=1, description="the model id clients send")
+    base_url: str | None = Field(
+        None, description="OpenAI-compatible base URL, e.g. https://api.openai.com/v1 (or `deployments`)"
+    )
+    model: str | None = Field(None, description="upstream model name; defaults to `name`")
+    deployments: list[Deployment] = Field(
+        default_factory=list, description="several servers behind this name, balanced by least in-flight requests"
+    )
     context_window: int = Field(8192, gt=0)
     max_output_tokens: int = Field(4096, gt=0, description="cap on max_tokens per request")
     max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = "max_completion_tokens"
-    timeout: float = Field(60.0, gt=0)
-    max_retries: int = Field(1, ge=0)
+    # Timeouts: a client waits at most `timeout` for this route, retries included.
+    timeout: float = Field(600.0, gt=0, description="seconds for the whole call on this route, retries included")
+    connect_timeout: float = Field(5.0, gt=0, description="seconds to connect to a deployment")
+    first_byte_timeout: float | None = Field(
+        None,
+        gt=0,
+        description="seconds until the response starts, and between streamed chunks (default 60, at most `timeout`)",
+    )
+    max_retries: int = Field(1, ge=0, description="further attempts after a failure, before the fallbacks")
+    retry_backoff: float = Field(0.25, ge=0, description="seconds before the first retry; doubles, with jitter")
+    retry_backoff_max: float = Field(4.0, ge=0)
+    fallbacks: list[str] = Field(
+        default_factory=list,
+        description="routes tried in order when this one fails, or when a prompt does not fit its context window",
+    )
+    breaker_failures: int = Field(5, gt=0, description="consecutive failures that open a deployment's breaker")
+    breaker_cooldown: float = Field(30.0, gt=0, description="seconds an open breaker waits before a probe")
     tokenizer_gguf: str | None = Field(None, description="GGUF file whose vocabulary counts tokens exactly")
     defaults: dict[str, Any] = Field(default_factory=dict, description="generation defaults")
     owned_by: str = "genai-platform"
@@ -58,6 +104,36 @@ class ModelRoute(BaseModel):
     input_price: float = Field(0.0, ge=0, description="per million prompt tokens")
     cached_input_price: float | None = Field(None, ge=0, description="per million cached prompt tokens")
     output_price: float = Field(0.0, ge=0, description="per million completion tokens")
+
+    @model_validator(mode="after")
+    def _has_a_deployment(self) -> ModelRoute:
+        if not self.base_url and not self.deployments:
+            raise ValueError(f"route `{self.name}` needs a `base_url` or `deployments`")
+        names = [deployment.name for deployment in self.deployment_list]
+        if len(set(names)) != len(names):
+            raise ValueError(f"route `{self.name}`: its deployments need distinct names ({', '.join(names)})")
+        if self.name in self.fallbacks:
+            raise ValueError(f"route `{self.name}` cannot fall back to itself")
+        return self
+
+    @property
+    def deployment_list(self) -> list[Deployment]:
+        """The deployments with the route's values filled in (the route itself when it lists none)."""
+        configured = self.deployments or [Deployment(base_url=self.base_url or "")]
+        return [
+            Deployment(
+                name=deployment.name or _host_port(deployment.base_url),
+                base_url=deployment.base_url,
+                model=deployment.model or self.upstream_model,
+                api_key=deployment.api_key or (None if deployment.api_key_env else self.api_key),
+                api_key_env=deployment.api_key_env or self.api_key_env,
+            )
+            for deployment in configured
+        ]
+
+    @property
+    def read_timeout(self) -> float:
+        return min(self.first_byte_timeout or DEFAULT_FIRST_BYTE_TIMEOUT, self.timeout)
 
     def cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float:
         """What a call costs at this route's prices (cached prompt tokens at the cached price, when set)."""
@@ -71,7 +147,8 @@ class ModelRoute(BaseModel):
     def provider_kind(self) -> Provider:
         if self.provider is not None:
             return self.provider
-        return "openai" if "api.openai.com" in self.base_url else "openai-compatible"
+        urls = [self.base_url or "", *(deployment.base_url for deployment in self.deployments)]
+        return "openai" if all("api.openai.com" in url for url in urls) else "openai-compatible"
 
     @property
     def resolved_features(self) -> Features:
@@ -81,13 +158,10 @@ class ModelRoute(BaseModel):
     def upstream_model(self) -> str:
         return self.model or self.name
 
-    def resolve_api_key(self) -> str:
-        if self.api_key is not None:
-            return self.api_key.get_secret_value()
-        if self.api_key_env:
-            return os.environ.get(self.api_key_env, "")
-        # Local servers ignore the key, but the OpenAI client insists on one.
-        return "not-needed"
+
+def _host_port(url: str) -> str:
+    parsed = httpx.URL(url)
+    return f"{parsed.host}:{parsed.port}" if parsed.port else parsed.host
 
 
 class RouteChatOpenAI(ChatOpenAI):
@@ -104,31 +178,59 @@ class RouteChatOpenAI(ChatOpenAI):
         return generation
 
 
-class ChatModel:
-    """A route with its client, ready to call."""
+class RouteEvents(Protocol):
+    """What failover reports (the server counts it in metrics)."""
 
-    def __init__(self, route: ModelRoute) -> None:
+    def retried(self, route: str, deployment: str, reason: str) -> None: ...
+
+    def fell_back(self, from_route: str, to_route: str, reason: str) -> None: ...
+
+    def breaker_changed(self, route: str, deployment: str, state: State) -> None: ...
+
+
+class Upstream:
+    """One deployment of a route: its client, its requests in flight and its circuit breaker."""
+
+    def __init__(self, route: ModelRoute, deployment: Deployment, events: RouteEvents | None) -> None:
         self.route = route
+        self.deployment = deployment
+        self.name: str = deployment.name or deployment.base_url
+        self.in_flight = 0
+        # A 429 asked for a pause longer than the platform waits: the deployment is skipped until then (monotonic).
+        self.paused_until = 0.0
+        self.breaker = CircuitBreaker(
+            f"{route.name}/{self.name}",
+            threshold=route.breaker_failures,
+            cooldown=route.breaker_cooldown,
+            on_change=(lambda state: events.breaker_changed(route.name, self.name, state)) if events else None,
+        )
 
     @cached_property
     def client(self) -> ChatOpenAI:
-        route = self.route
-        api_key = route.resolve_api_key()
+        route, deployment = self.route, self.deployment
+        api_key = deployment.resolve_api_key()
         return RouteChatOpenAI(
-            model=route.upstream_model,
-            base_url=route.base_url,
+            model=deployment.model or route.upstream_model,
+            base_url=deployment.base_url,
             api_key=SecretStr(api_key),
-            timeout=route.timeout,
-            max_retries=route.max_retries,
+            max_retries=0,
             stream_usage=True,
             async_client=ChatCompletionsTransport(
-                route.base_url,
+                deployment.base_url,
                 api_key,
-                timeout=route.timeout,
-                max_retries=route.max_retries,
+                connect_timeout=route.connect_timeout,
+                read_timeout=route.read_timeout,
                 text_content_only=route.provider_kind == "llama.cpp",
             ),
         )
+
+
+class ChatModel:
+    """A route with its deployments, ready to call."""
+
+    def __init__(self, route: ModelRoute, events: RouteEvents | None = None) -> None:
+        self.route = route
+        self.upstreams = [Upstream(route, deployment, events) for deployment in route.deployment_list]
 
     @cached_property
     def features(self) -> Features:
@@ -187,9 +289,25 @@ class ChatModel:
 class ModelRegistry:
     """The configured routes by public name."""
 
-    def __init__(self, routes: Iterable[ModelRoute], default: str | None = None) -> None:
-        self._models = {route.name: ChatModel(route) for route in routes}
+    def __init__(
+        self, routes: Iterable[ModelRoute], default: str | None = None, events: RouteEvents | None = None
+    ) -> None:
+        self.events = events
+        self._models = {route.name: ChatModel(route, events) for route in routes}
         self.default = default or next(iter(self._models), None)
+        for chat in self._models.values():
+            if unknown := [name for name in chat.route.fallbacks if name not in self._models]:
+                raise ValueError(f"route `{chat.route.name}` falls back to unknown routes: {', '.join(unknown)}")
+
+    def share_breakers(self, redis: Redis | None) -> None:
+        """Keep the deployments' circuit breakers in Redis, shared by every worker (None: each worker its own)."""
+        for chat in self._models.values():
+            for upstream in chat.upstreams:
+                upstream.breaker.shared = redis
+
+    def fallbacks(self, chat: ChatModel) -> list[ChatModel]:
+        """The routes ``chat`` falls back to, in order."""
+        return [self._models[name] for name in chat.route.fallbacks]
 
     def __contains__(self, name: str) -> bool:
         return name in self._models
@@ -208,16 +326,22 @@ class ModelRegistry:
         return self._models[name]
 
 
-def translate_upstream_error(exc: Exception, route: ModelRoute) -> APIError | None:
-    """Map an exception from the OpenAI client to the API error a client should see."""
+def translate_upstream_error(
+    exc: BaseException, route: ModelRoute, *, attempts: int = 1, elapsed: float | None = None
+) -> APIError | None:
+    """Map an exception from the OpenAI client to the API error a client should see (None: not the upstream's).
+
+    ``attempts`` and ``elapsed`` (seconds) say how long the client waited in all, when it was more than one try.
+    """
     if isinstance(exc, APIError):
         return exc
-    if isinstance(exc, openai.APITimeoutError):
-        attempts = route.max_retries + 1
-        waited = f"{route.timeout * attempts:g} s" + (
-            f" ({attempts} attempts of {route.timeout:g} s)" if attempts > 1 else ""
+    spent = f" ({attempts} attempts, {elapsed:.1f} s in all)" if attempts > 1 and elapsed else ""
+    if isinstance(exc, TimeoutError):  # the route's whole time limit ran out
+        return UpstreamTimeout(
+            f"The model `{route.name}` did not finish within its time limit of {route.timeout:g} s{spent}."
         )
-        return UpstreamTimeout(f"The model `{route.name}` did not answer within {waited}.")
+    if isinstance(exc, openai.APITimeoutError):
+        return UpstreamTimeout(f"The model `{route.name}` did not answer within {route.read_timeout:g} s{spent}.")
     if isinstance(exc, openai.APIResponseValidationError):
         return UpstreamError(f"The model `{route.name}` sent a response that is not valid: {exc.message}")
     if isinstance(exc, openai.APIConnectionError):

@@ -11,7 +11,6 @@ unchanged. Only chat completions go through it; nothing else uses the SDK.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,22 +18,27 @@ import httpx
 import openai
 import orjson
 
-RETRY_STATUSES = {408, 409, 429, 500, 502, 503, 504}
-
 
 class ChatCompletionsTransport:
     """``create(**payload)`` and ``with_raw_response.create(**payload)``, as ``ChatOpenAI`` calls them."""
 
     def __init__(
-        self, base_url: str, api_key: str, *, timeout: float, max_retries: int, text_content_only: bool = False
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        text_content_only: bool = False,
     ) -> None:
-        self.max_retries = max_retries
         # llama-cpp-python's server takes a message's content as a string only: no null beside an assistant's
         # tool calls, no list of text parts. Such a route gets "" and the parts' text joined.
         self.text_content_only = text_content_only
         self.client = httpx.AsyncClient(
             base_url=base_url.rstrip("/") + "/",
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            # Reading covers the wait for the response to start and each pause between streamed chunks; the route's
+            # time limit for the whole call is kept above (chains.failover).
+            timeout=httpx.Timeout(read_timeout, connect=connect_timeout, pool=connect_timeout),
             headers={"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"},
             limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
         )
@@ -58,30 +62,19 @@ class ChatCompletionsTransport:
                 ):
                     message["content"] = "".join(part.get("text", "") for part in content)
         streaming = bool(body.get("stream"))
-        content = orjson.dumps(body)
-        for attempt in range(self.max_retries + 1):
-            request = self.client.build_request("POST", "chat/completions", content=content)
-            try:
-                response = await self.client.send(request, stream=streaming)
-            except httpx.TimeoutException as exc:
-                if attempt < self.max_retries:
-                    continue
-                raise openai.APITimeoutError(request=request) from exc
-            except httpx.TransportError as exc:
-                if attempt < self.max_retries:
-                    await asyncio.sleep(0.25 * (attempt + 1))
-                    continue
-                raise openai.APIConnectionError(request=request) from exc
-            if response.status_code < 400:
-                return response, streaming
-            raw = await response.aread()
-            await response.aclose()
-            wait = _retry_wait(response, attempt)
-            if response.status_code in RETRY_STATUSES and attempt < self.max_retries and wait is not None:
-                await asyncio.sleep(wait)
-                continue
-            raise _status_error(response, raw)
-        raise AssertionError("unreachable")
+        # One attempt: retries, and the choice of deployment, are chains.failover's.
+        request = self.client.build_request("POST", "chat/completions", content=orjson.dumps(body))
+        try:
+            response = await self.client.send(request, stream=streaming)
+        except httpx.TimeoutException as exc:
+            raise openai.APITimeoutError(request=request) from exc
+        except httpx.TransportError as exc:
+            raise openai.APIConnectionError(request=request) from exc
+        if response.status_code < 400:
+            return response, streaming
+        raw = await response.aread()
+        await response.aclose()
+        raise _status_error(response, raw)
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -156,24 +149,6 @@ def _body(payload: dict[str, Any]) -> dict[str, Any]:
     }
     body.update(payload.get("extra_body") or {})
     return body
-
-
-# The longest Retry-After of an upstream the platform waits out itself before its one retry; a longer one goes to
-# the client, whose own retry can wait that long.
-MAX_RETRY_AFTER_SECONDS = 2.0
-
-
-def _retry_wait(response: httpx.Response, attempt: int) -> float | None:
-    """How long to wait before retrying a failed attempt: the upstream's Retry-After (seconds) when it sends one
-    and it is short, else a short backoff; None when it asks for longer than the platform waits."""
-    header = response.headers.get("retry-after")
-    try:
-        asked = float(header) if header is not None else None
-    except ValueError:
-        asked = None
-    if asked is None:
-        return 0.25 * (attempt + 1)
-    return max(asked, 0.0) if asked <= MAX_RETRY_AFTER_SECONDS else None
 
 
 def _parsed(response: httpx.Response, raw: bytes | str) -> dict[str, Any]:

@@ -18,10 +18,18 @@ REDIS_OPTIONS = {"socket_timeout": 2.0, "socket_connect_timeout": 2.0, "health_c
 RETRY_AFTER_SECONDS = 5.0
 
 
+def redis_options() -> dict:
+    """Keyword arguments for a redis-py client (also given through the ``limits`` library's storage): the timeouts,
+    and one retry on a fresh connection (every pooled connection died with a restarted Redis)."""
+    return {
+        **REDIS_OPTIONS,
+        "retry": Retry(NoBackoff(), 1),
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+    }
+
+
 def open_redis(url: str) -> Redis:
-    return Redis.from_url(
-        url, retry=Retry(NoBackoff(), 1), retry_on_error=[RedisConnectionError, RedisTimeoutError], **REDIS_OPTIONS
-    )
+    return Redis.from_url(url, **redis_options())
 
 
 class Outage:

@@ -48,7 +48,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             watch_parent(parent.pid, terminate_self)  # never outlive the supervisor, even a SIGKILLed one
         await services.open()
         await services.warm_up()
+        # Streams still running when uvicorn's grace period is about to end get an error event (server/shutdown.py).
+        services.chat.running.watch(settings.shutdown_grace_seconds)
         yield
+        services.chat.running.close()
         await services.close()
 
     app = FastAPI(title="genai-platform", version="0.1.0", lifespan=lifespan)

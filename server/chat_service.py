@@ -25,16 +25,18 @@ from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.messages import BaseMessage
 from langgraph.graph.state import CompiledStateGraph
 
 from errors import APIError, InternalError
 from graphs.chat import ChatContext, ChatInput
+from graphs.chat.answers import reply_of
 from server.failures import as_api_error
 from server.gateway.prometheus_metrics import ChatRecorder, Metrics
 from server.gateway.rate_limits import RateLimiter
 from server.gateway.request_context import current_request_id
-from storage.message_records import openai_tool_call
+from server.shutdown import RunningChats
+from storage.idempotency import IdempotencyKeys, fingerprint
 from storage.tenants import Caller
 from storage.transcripts import TurnRecord
 
@@ -61,6 +63,24 @@ class ChatCall:
     store: bool = False
     # The run id of the entry point's own trace run, when it has one (LangServe); the service mints one otherwise.
     run_id: uuid.UUID | None = None
+    # The client's key for this request (its ``Idempotency-Key`` header, or its own request id) and that header's
+    # name: a retry with the same key gets the stored reply instead of a second turn (storage.idempotency).
+    idempotency_key: str | None = None
+    idempotency_header: str = "Idempotency-Key"
+
+    def fingerprint(self) -> str:
+        """What tells a retry of this request from another request that reuses its idempotency key."""
+        return fingerprint(
+            {
+                "model": self.model,
+                "messages": [message.model_dump(exclude={"id"}) for message in self.messages],
+                "conversation_id": self.conversation_id,
+                "params": self.params,
+                "user": self.user,
+                "vector_store_ids": self.vector_store_ids,
+                "store": self.store,
+            }
+        )
 
 
 @dataclass(frozen=True)
@@ -72,16 +92,6 @@ class ChatChoice:
     # OpenAI's shape: [{"id", "type": "function", "function": {"name", "arguments"}}]
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     logprobs: dict[str, Any] | None = None
-
-    @classmethod
-    def of(cls, answer: AIMessage, finish_reason: str | None = None) -> ChatChoice:
-        metadata = answer.response_metadata
-        return cls(
-            text=answer.text,
-            finish_reason=finish_reason or metadata.get("finish_reason") or "stop",
-            tool_calls=[openai_tool_call(call) for call in answer.tool_calls],
-            logprobs=metadata.get("logprobs"),
-        )
 
 
 @dataclass(frozen=True)
@@ -99,6 +109,28 @@ class ChatResult:
     # What the safety checks found (graphs.chat.safety): the input verdict, redactions, moderation.
     safety: dict[str, Any] = field(default_factory=dict)
     created: int = field(default_factory=lambda: int(time.time()))
+    # The route's deployment that answered; the reply stored for an earlier request with the same idempotency key.
+    deployment: str | None = None
+    replayed: bool = False
+
+    @classmethod
+    def of(cls, reply: dict[str, Any], *, replayed: bool = False) -> ChatResult:
+        """The result a reply (``graphs.chat.answers.reply_of``) describes."""
+        return cls(
+            response_id=reply["response_id"],
+            model=reply["model"],
+            choices=[ChatChoice(**choice) for choice in reply["choices"]],
+            prompt_tokens=reply["prompt_tokens"],
+            completion_tokens=reply["completion_tokens"],
+            conversation_id=reply.get("conversation_id"),
+            cost=reply.get("cost", 0.0),
+            cached=reply.get("cached", False),
+            citations=reply.get("citations") or [],
+            safety=reply.get("safety") or {},
+            created=reply["created"],
+            deployment=reply.get("deployment"),
+            replayed=replayed,
+        )
 
     @property
     def first(self) -> ChatChoice:
@@ -129,29 +161,41 @@ class ChatService:
         context: ChatContext,
         limiter: RateLimiter,
         metrics: Metrics,
+        idempotency: IdempotencyKeys,
     ) -> None:
         self.graph = graph
         self.context = context
         self.limiter = limiter
         self.metrics = metrics
+        self.idempotency = idempotency
         self._background: set[asyncio.Task] = set()
+        # The requests running now: ended with a 503 when the server shuts down (server/shutdown.py).
+        self.running = RunningChats()
         if context.spawn is None:  # the graph's after-the-answer work joins the service's own
             context.spawn = self.spawn
 
     async def complete(self, call: ChatCall, config: dict[str, Any] | None = None) -> ChatResult:
         """Answer ``call`` in one piece."""
         run = _Run(self, call, config, stream=False)
+        if (replay := await run.claim()) is not None:
+            return replay
         try:
-            state = await self.graph.ainvoke(run.state, run.config, context=self.context)
+            state = await self.running.call(self.graph.ainvoke(run.state, run.config, context=self.context))
         except Exception as exc:
             raise await run.failed(exc) from exc
+        except BaseException:  # cancelled: the client left, or the server stops
+            run.abandoned()
+            raise
         return run.succeeded(state)
 
     async def stream(self, call: ChatCall, config: dict[str, Any] | None = None) -> ChatStream:
         """Answer ``call`` as a stream, started: what fails before the answer's first text raises here."""
         run = _Run(self, call, config, stream=True)
-        events = self.graph.astream(run.state, run.config, context=self.context, stream_mode=["custom", "updates"])
-        stream = ChatStream(run, events)
+        if (replay := await run.claim()) is not None:
+            stream = ChatStream(run, _replayed_events(replay), replay=replay)
+        else:
+            events = self.graph.astream(run.state, run.config, context=self.context, stream_mode=["custom", "updates"])
+            stream = ChatStream(run, self.running.guard(events))
         await stream.start()
         return stream
 
@@ -242,28 +286,50 @@ class _Run:
             "guard_mode": caller.guard_mode or context.guard_mode,
             "moderation_mode": caller.moderation_mode or context.moderation_mode,
             "pii_policy": caller.pii_policy if caller.pii_policy is not None else context.pii_policy,
+            "idempotency_key": self.idempotency_key,
         }
+        self.claimed = False
+
+    @property
+    def idempotency_key(self) -> str | None:
+        """The key as stored: scoped by the header it came in, so a request id never meets an Idempotency-Key."""
+        if self.call.idempotency_key is None:
+            return None
+        return f"{self.call.idempotency_header.lower()}:{self.call.idempotency_key}"
+
+    async def claim(self) -> ChatResult | None:
+        """Claim the request's idempotency key; the stored result when the request was answered before."""
+        if self.idempotency_key is None:
+            return None
+        keys = self.service.idempotency
+        try:
+            reply = await keys.claim(
+                self.call.caller.app_id, self.idempotency_key, self.call.fingerprint(), self.response_id,
+                header=self.call.idempotency_header,
+            )  # fmt: skip
+        except Exception as exc:
+            raise await self.failed(exc) from exc
+        if reply is None:
+            self.claimed = True
+            return None
+        return ChatResult.of(reply, replayed=True)
+
+    def abandoned(self) -> None:
+        """The run was cancelled: give its idempotency key back (in the background: the task is being cancelled)."""
+        if self.claimed:
+            self.claimed = False
+            self.service.spawn(self._release())
+
+    async def _release(self) -> None:
+        if self.idempotency_key is not None:
+            await self.service.idempotency.release(self.call.caller.app_id, self.idempotency_key, self.response_id)
 
     def first_token(self, info: dict[str, Any]) -> None:
         self.recorder.first_token(info)
 
     def succeeded(self, state: dict[str, Any]) -> ChatResult:
         self.recorder.finished(state)
-        result = ChatResult(
-            response_id=self.response_id,
-            model=state["model_name"],
-            choices=[
-                ChatChoice.of(state["answer"], state.get("finish_reason")),
-                *(ChatChoice.of(answer) for answer in state.get("more_answers") or []),
-            ],
-            prompt_tokens=int(state.get("prompt_tokens") or 0),
-            completion_tokens=int(state.get("completion_tokens") or 0),
-            conversation_id=state.get("conversation_id"),
-            cost=float(state.get("cost") or 0.0),
-            cached=state.get("cache") == "hit",
-            citations=state.get("citations") or [],
-            safety=state.get("safety") or {},
-        )
+        result = ChatResult.of(reply_of(state))
         if not result.cached and (result.total_tokens or result.cost):  # a cached answer spends no model capacity
             self.service.spawn(
                 self.service.limiter.spend(self.call.caller, tokens=result.total_tokens, cost=result.cost)
@@ -271,7 +337,8 @@ class _Run:
         return result
 
     async def failed(self, exc: Exception, info: dict[str, Any] | None = None) -> APIError:
-        """Record the failure (metrics and a usage record) and return the error the client gets."""
+        """Record the failure (metrics and a usage record), give the idempotency key back (the request left no turn
+        behind: a retry runs afresh), and return the error the client gets."""
         error = as_api_error(exc)
         if isinstance(error, InternalError) and not isinstance(exc, InternalError):
             log.error("chat request failed", exc_info=exc)
@@ -292,10 +359,17 @@ class _Run:
                     stream=self.stream,
                     error=error,
                     safety=getattr(error, "safety", None),
+                    deployment=(info or {}).get("deployment"),
                 )
             )
         except Exception:  # the client must still learn what went wrong first
             log.exception("could not record the failed request %s", self.response_id)
+        if self.claimed:
+            self.claimed = False
+            try:
+                await self._release()
+            except Exception:  # the claim expires by itself (storage.idempotency.CLAIM_SECONDS)
+                log.exception("could not release the idempotency key of %s", self.response_id)
         return error
 
 
@@ -319,10 +393,11 @@ class ChatStream:
     iterating has been recorded already: the entry point only reports it in its own format.
     """
 
-    def __init__(self, run: _Run, events: AsyncIterator[tuple[str, Any]]) -> None:
+    def __init__(self, run: _Run, events: AsyncIterator[tuple[str, Any]], *, replay: ChatResult | None = None) -> None:
         self._run = run
         self._events = events
         self._buffered: list[StreamPart] = []
+        self._replay = replay
         self.info: dict[str, Any] = {"response_id": run.response_id, "model_name": run.recorder.model}
         self.result: ChatResult | None = None
 
@@ -338,6 +413,7 @@ class ChatStream:
             raise await self._run.failed(exc, self.info) from exc
         except BaseException:
             await self._events.aclose()
+            self._run.abandoned()
             raise
 
     def _absorb(self, mode: str, chunk: Any) -> StreamPart | None:
@@ -365,6 +441,34 @@ class ChatStream:
                     yield part
         except Exception as exc:
             raise await self._run.failed(exc, self.info) from exc
+        except BaseException:
+            self._run.abandoned()
+            raise
         finally:
             await self._events.aclose()
-        self.result = self._run.succeeded(self.info)
+        self.result = self._replay or self._run.succeeded(self.info)
+
+
+async def _replayed_events(result: ChatResult) -> AsyncIterator[tuple[str, Any]]:
+    """A stored reply as the chat graph's stream events: what the run settled, then each choice whole."""
+    yield (
+        "custom",
+        {
+            "info": {
+                "response_id": result.response_id,
+                "model_name": result.model,
+                "conversation_id": result.conversation_id,
+                "deployment": result.deployment,
+                "cache": "hit" if result.cached else "miss",
+                "replayed": True,
+            }
+        },
+    )
+    for index, choice in enumerate(result.choices):
+        if choice.tool_calls:
+            yield (
+                "custom",
+                {"index": index, "tool_calls": [{"index": i, **call} for i, call in enumerate(choice.tool_calls)]},
+            )
+        if choice.text:
+            yield "custom", {"index": index, "delta": choice.text}

@@ -16,6 +16,8 @@ import time
 import uvicorn
 
 from errors import APIError
+from server.gateway.connection_limits import protocol as connection_protocol
+from server.gateway.connection_limits import raise_open_files_limit
 from server.json_logs import configure_logging, logging_config
 from server.settings import Settings
 from server.startup_errors import hide_password, settings_problem, unreachable
@@ -97,16 +99,21 @@ def serve(args: argparse.Namespace) -> int:
             shutil.rmtree(metrics_dir, ignore_errors=True)
             metrics_dir.mkdir(parents=True)
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+        raise_open_files_limit(settings.max_connections)
         uvicorn.run(
             "server.app:create_app",
             factory=True,
             host=host,
             port=port,
             workers=workers,
+            # uvicorn's httptools protocol with limits on headers, their deadline, stalled bodies and open
+            # connections (answered in OpenAI's error shape): server/gateway/connection_limits.py.
+            http=connection_protocol(settings),
             log_level=settings.log_level,
             log_config=logging_config(settings.log_level),  # JSON lines, in every worker too
             access_log=False,  # RequestContext writes the access log, with the request id
-            timeout_graceful_shutdown=10,
+            # Streams still running near its end get an error event (server/shutdown.py).
+            timeout_graceful_shutdown=settings.shutdown_grace_seconds,
         )
     return 0
 
@@ -163,7 +170,8 @@ def _knowledge_store(settings: Settings, workers: int, children: contextlib.Exit
 
 
 def _exit_on_sigterm(signum: int, _frame) -> None:
-    raise SystemExit(128 + signum)
+    # A stop that was asked for, and done cleanly, is a success: exit status 0 (as systemd and Kubernetes expect).
+    raise SystemExit(0)
 
 
 def _table(rows: list[list[object]], header: list[str]) -> None:

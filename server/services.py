@@ -32,6 +32,7 @@ from server.settings import Settings
 from storage import ConversationStore, Database, TenantStore
 from storage.feedback import FeedbackStore
 from storage.files import FileStore
+from storage.idempotency import IdempotencyKeys
 from storage.vector_stores import VectorStores
 
 
@@ -78,7 +79,8 @@ class Services:
             )
         else:
             memory = SqlMemory(store, max_messages=settings.memory_max_messages)
-        models = ModelRegistry(settings.routes(), default=settings.resolved_default_model)
+        models = ModelRegistry(settings.routes(), default=settings.resolved_default_model, events=metrics)
+        models.share_breakers(redis)
         tenants = TenantStore(db)
         limiter = RateLimiter(settings.redis_url, on_reject=metrics.rate_limited, on_fallback=metrics.redis_fallback)
         embeddings = build_embedding_model(settings.embedding_route)
@@ -123,7 +125,7 @@ class Services:
             auth=Authenticator(tenants),
             limiter=limiter,
             metrics=metrics,
-            chat=ChatService(build_chat_graph(), context, limiter, metrics),
+            chat=ChatService(build_chat_graph(), context, limiter, metrics, IdempotencyKeys(db)),
             embeddings=embeddings,
             knowledge=knowledge,
             files=files,
@@ -178,9 +180,13 @@ class Services:
             checks["redis"] = self.redis.ping()
         async with httpx.AsyncClient(timeout=3) as client:
             for chat in self.models:
-                checks[f"model:{chat.route.name}"] = _probe_model(
-                    client, chat.route.base_url, chat.route.resolve_api_key()
-                )
+                for upstream in chat.upstreams:  # a route's deployments are checked one by one when it has several
+                    name = f"model:{chat.route.name}" + (
+                        f" deployment:{upstream.name}" if len(chat.upstreams) > 1 else ""
+                    )
+                    checks[name] = _probe_model(
+                        client, upstream.deployment.base_url, upstream.deployment.resolve_api_key()
+                    )
             results = await asyncio.gather(*checks.values(), return_exceptions=True)
         return {
             name: "ok" if not isinstance(result, BaseException) else f"{type(result).__name__}: {result}"[:200]

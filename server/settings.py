@@ -50,8 +50,28 @@ class Settings(BaseSettings):
     startup_wait_seconds: float = Field(
         30.0, ge=0, description="genai serve waits this long for the database and Redis to answer at start"
     )
+    shutdown_grace_seconds: float = Field(
+        10.0,
+        ge=0,
+        description="on SIGTERM/SIGINT, requests in flight get this long to finish; streams still running a second "
+        "before it ends get a 503 server_shutting_down error event (server/shutdown.py)",
+    )
 
     max_body_bytes: int = Field(1024 * 1024, gt=0)
+    # Hostile connections (server/gateway/connection_limits.py): what one HTTP connection may hold.
+    max_header_bytes: int = Field(
+        32 * 1024, ge=1024, description="request line and headers larger than this get 431 (a longer URL 414)"
+    )
+    max_headers: int = Field(100, ge=10, description="requests with more header fields get 431")
+    header_timeout_seconds: float = Field(
+        10.0, gt=0, description="a request's complete headers must arrive within this (408, or closed when idle)"
+    )
+    body_idle_timeout_seconds: float = Field(
+        30.0, gt=0, description="a request body that sends nothing for this long gets 408 and is closed"
+    )
+    max_connections: int = Field(
+        1000, ge=1, description="open connections per worker; a connection above gets 503 service_unavailable"
+    )
     admin_key: SecretStr | None = None
     metrics_require_admin: bool = Field(False, description="GET /metrics needs an admin key")
 

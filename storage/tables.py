@@ -126,6 +126,24 @@ class Usage(Base):
     safety: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # The strongest thing a safety check did: "blocked", "flagged" or "redacted" (None: nothing), for reports.
     safety_outcome: Mapped[str | None] = mapped_column(String(16))
+    # Which of its route's deployments answered (None: no model call, or it failed before one was chosen).
+    deployment: Mapped[str | None] = mapped_column(String(128))
+
+
+class IdempotencyKey(Base):
+    """A chat request sent with an ``Idempotency-Key``: claimed while it runs, then the reply the client got, so a
+    retry of it is answered with that reply instead of a second turn."""
+
+    __tablename__ = "idempotency_keys"
+
+    app_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    # A hash of the request: the same key with another request is refused.
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    response_id: Mapped[str] = mapped_column(String(64))
+    # None while the request runs; the reply (storage.idempotency) once its turn is stored.
+    reply: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[int] = mapped_column(Integer, default=now, index=True)
 
 
 class StoredCompletion(Base):

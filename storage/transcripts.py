@@ -19,7 +19,7 @@ from sqlalchemy import delete, func, insert, select, update
 from errors import APIError, NotFound
 from storage.engine import Database
 from storage.message_records import to_record
-from storage.tables import Conversation, Message, StoredCompletion, Usage, now
+from storage.tables import Conversation, IdempotencyKey, Message, StoredCompletion, Usage, now
 
 
 def new_conversation_id() -> str:
@@ -54,6 +54,10 @@ class TurnRecord:
     safety: dict[str, Any] | None = None  # the safety checks' verdicts (graphs.chat.safety)
     # A stateless request's messages (as message records), kept with its answer because it asked (``store``).
     stored_messages: list[dict[str, Any]] | None = None
+    deployment: str | None = None  # of the route, the one that answered
+    # The request's idempotency key, and the reply a retry with it gets (storage.idempotency), stored with the turn.
+    idempotency_key: str | None = None
+    reply: dict[str, Any] | None = None
 
     @classmethod
     def failure(
@@ -68,6 +72,7 @@ class TurnRecord:
         user: str | None = None,
         stream: bool = False,
         safety: dict[str, Any] | None = None,
+        deployment: str | None = None,
     ) -> TurnRecord:
         """The usage record of a request that failed: no tokens, no messages, its error code as status."""
         return cls(
@@ -82,6 +87,7 @@ class TurnRecord:
             stream=stream,
             status=error.code or f"http_{error.status_code}",
             safety=safety,
+            deployment=deployment,
         )
 
 
@@ -307,6 +313,17 @@ class ConversationStore:
                     cost=turn.cost,
                     safety=without_evidence(turn.safety),
                     safety_outcome=safety_outcome(turn.safety),
+                    deployment=turn.deployment,
                 )
             )
+            if turn.idempotency_key is not None:
+                await conn.execute(
+                    update(IdempotencyKey)
+                    .where(
+                        IdempotencyKey.app_id == turn.app_id,
+                        IdempotencyKey.key == turn.idempotency_key,
+                        IdempotencyKey.response_id == turn.response_id,
+                    )
+                    .values(reply=turn.reply)
+                )
         return total

@@ -287,6 +287,15 @@ def genai_serve(
             process.wait(timeout=10)
 
 
+def serve_app_key(base: str, app: str) -> str:
+    """An API key of a new app ``app`` on a running ``genai serve`` (made with the admin key)."""
+    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=30) as admin:
+        admin.post("/admin/apps", json={"name": app}).raise_for_status()
+        created = admin.post("/admin/keys", json={"app": app})
+        created.raise_for_status()
+        return created.json()["key"]
+
+
 # ---------------------------------------------------------------- the store on both engines; two turns of a chat
 
 

@@ -40,7 +40,7 @@ def fake_registry(
     )
     registry = ModelRegistry([route])
     fake = RecordingChatModel(messages=itertools.cycle([AIMessage(content=answer)]))
-    registry.get("fake").__dict__["client"] = fake
+    registry.get("fake").upstreams[0].__dict__["client"] = fake
     return registry, fake
 
 

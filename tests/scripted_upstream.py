@@ -60,18 +60,27 @@ The rules (everything below is a pure function of the request body, so tests can
   that is not base64.
   Unknown top-level fields are accepted (and recorded). Unknown URLs get 404 in the same shape.
 - ``GET /v1/models`` lists one model, ``scripted``; any model name is answered.
+- Faults, for tests of what the platform does when a stream goes wrong: a ``model`` may carry directives after the
+  name, ``name;key=value;...`` (``fault_model(...)`` writes it; a route sends it as its ``model``). They change
+  streamed answers only: ``delay=S`` waits S seconds before each chunk after the first; ``fail_after=K`` ends the
+  stream after its first K chunks (the opening role chunk is one) the way ``fail`` says: ``error`` (the default: an
+  error event ``data: {"error": {"message": "the model crashed", "type": "server_error", ...}}``, then
+  ``data: [DONE]``), ``cut`` (the connection is dropped in the middle of the chunked body), ``stall`` (nothing more
+  is sent; the connection stays open until the client hangs up). An unknown directive or value gets 400.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import copy
 import json
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Self
 
 from starlette.applications import Starlette
@@ -666,6 +675,9 @@ def build_app(upstream: ScriptedUpstream) -> Starlette:
             if body is None:
                 raise BadRequest("We could not parse the JSON body of your request.", None, "invalid_json")
             validate(body)
+            faults = faults_of(body["model"])
+            if body.get("stream") and faults is not None:
+                return StreamingResponse(with_faults(chunks(body, number), faults), media_type="text/event-stream")
             if body.get("stream"):
                 return StreamingResponse(chunks(body, number), media_type="text/event-stream")
             return JSONResponse(completion(body, number))
@@ -703,3 +715,75 @@ def serve_scripted_upstream() -> Iterator[ScriptedUpstream]:
     upstream = ScriptedUpstream(f"http://127.0.0.1:{port}/v1")
     with serve_in_thread(build_app(upstream), port):
         yield upstream
+
+
+# ---------------------------------------------------------------- faults
+
+
+FAIL_MODES = ("error", "cut", "stall")
+STALL_SECONDS = 600.0  # a stalled stream's upper bound, should its client never hang up
+CRASH = {"message": "the model crashed", "type": "server_error", "param": None, "code": None}
+
+
+@dataclass(frozen=True)
+class Faults:
+    delay: float = 0.0
+    fail_after: int | None = None
+    fail: str = "error"
+
+
+class UpstreamCut(Exception):
+    """Raised inside a streamed body: uvicorn drops the connection without ending the chunked body."""
+
+
+def fault_model(name: str = "scripted", **directives: object) -> str:
+    """The model name that scripts these faults: ``fault_model(delay=0.5)``, ``fault_model(fail_after=2)``,
+    ``fault_model(fail_after=2, fail="cut")``."""
+    return ";".join([name, *(f"{key}={value}" for key, value in directives.items())])
+
+
+def faults_of(model: str) -> Faults | None:
+    """The faults a model name scripts; None when it scripts none."""
+    _, *directives = model.split(";")
+    if not directives:
+        return None
+    values: dict[str, Any] = {}
+    for directive in directives:
+        key, _, value = directive.partition("=")
+        try:
+            if key == "delay":
+                values[key] = float(value)
+                check(values[key] >= 0, "delay must be 0 or more", "model")
+            elif key == "fail_after":
+                values[key] = int(value)
+                check(values[key] >= 0, "fail_after must be 0 or more", "model")
+            elif key == "fail":
+                check(value in FAIL_MODES, f"fail must be one of {', '.join(FAIL_MODES)}", "model")
+                values[key] = value
+            else:
+                raise BadRequest(f"unknown fault directive {key!r}", "model")
+        except ValueError:
+            raise BadRequest(f"fault directive {directive!r} has no valid value", "model") from None
+    return Faults(**values)
+
+
+async def with_faults(events: Iterator[str], faults: Faults) -> AsyncIterator[str]:
+    """A streamed answer's events (``chunks``), slowed and broken off as ``faults`` says."""
+    for sent, event in enumerate(events):
+        if faults.fail_after is not None and sent == faults.fail_after:
+            if faults.fail == "cut":
+                raise UpstreamCut("the scripted upstream drops the connection")
+            if faults.fail == "stall":
+                await asyncio.sleep(STALL_SECONDS)
+                return
+            yield f"data: {json.dumps({'error': CRASH})}\n\n"
+            yield "data: [DONE]\n\n"
+            return
+        if sent and faults.delay:
+            await asyncio.sleep(faults.delay)
+        yield event
+
+
+def fault_route(name: str, base_url: str, *, timeout: float = 10, **directives: object) -> ModelRoute:
+    """A platform route to the scripted upstream whose streams go wrong as ``directives`` say (``fault_model``)."""
+    return ModelRoute(name=name, base_url=base_url, model=fault_model(**directives), max_retries=0, timeout=timeout)

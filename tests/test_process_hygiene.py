@@ -21,7 +21,7 @@ import pytest
 from chains.local_model_process import free_port
 from chains.model_routes import ModelRoute
 from memory.chroma import ChromaServerError, LocalChromaServer
-from tests.conftest import ADMIN_KEY, MODEL_PATH, ROOT, genai_serve
+from tests.conftest import ADMIN_KEY, MODEL_PATH, ROOT, genai_serve, serve_app_key
 from tests.test_ratelimit import _served_by_pid
 
 pytestmark = pytest.mark.slow
@@ -125,14 +125,6 @@ def mock_env(data_dir: Path, mock_upstream: str) -> dict[str, str]:
     return env
 
 
-def app_key(base: str) -> str:
-    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=30) as admin:
-        admin.post("/admin/apps", json={"name": "kb"}).raise_for_status()
-        created = admin.post("/admin/keys", json={"app": "kb"})
-        created.raise_for_status()
-        return created.json()["key"]
-
-
 def test_two_workers_share_one_local_chroma_server(tmp_path, mock_upstream):
     """With --workers 2 and no GENAI_CHROMA_URL, `genai serve` runs `chroma run` on data_dir/chroma for both workers
     (an embedded store opened by two processes corrupts), and stops it with itself."""
@@ -147,7 +139,7 @@ def test_two_workers_share_one_local_chroma_server(tmp_path, mock_upstream):
         assert chroma in descendants(serve.pid)
         assert log_path.read_text().count("knowledge store: a local Chroma server at http://127.0.0.1:") == 1
 
-        headers = {"Authorization": f"Bearer {app_key(base)}"}
+        headers = {"Authorization": f"Bearer {serve_app_key(base, 'kb')}"}
         with httpx.Client(base_url=base, headers=headers, timeout=60) as client:
             upload = client.post(
                 "/v1/files", files={"file": ("valves.txt", VALVES)}, data={"purpose": "assistants"}

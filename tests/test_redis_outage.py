@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis as redis_sync
@@ -137,3 +138,37 @@ def test_a_list_that_missed_turns_in_an_outage_is_not_read_back(live_server, own
     )
     assert user_texts(scripted.requests[-1]) == ["one", "two", "three"]
     assert memory.unsynced == set()
+
+
+def test_redis_dying_during_the_model_call_neither_fails_nor_doubles_the_turn(live_server, own_redis):
+    """The case that once answered 500 after committing the turn: the client now gets its answer, the turn is
+    stored once, and a retry with the same idempotency key gets the stored reply."""
+    from chains.model_routes import ModelRoute
+    from storage.tables import Message
+    from tests.controlled_upstream import controlled_upstream
+
+    with controlled_upstream("slow") as upstream:
+        route = ModelRoute(name="m", base_url=upstream.url, max_retries=0, timeout=20)
+        server = live_server(model_routes=[route], redis_url=own_redis.url)
+        server.services.limiter.outage.retry_after = server.services.memory.outage.retry_after = 0.2
+        key = server.create_key("tests", rpm=100)
+        with server.http(key=key) as http:
+            first = http.post("/v1/chat/completions", json={
+                "model": "m", "messages": [{"role": "user", "content": "one"}], "conversation_id": "new",
+            })  # fmt: skip
+            conversation = first.json()["conversation_id"]
+            upstream.delay = 1.5
+            body = {"model": "m", "messages": [{"role": "user", "content": "two"}], "conversation_id": conversation}
+            with ThreadPoolExecutor(1) as pool:
+                pending = pool.submit(http.post, "/v1/chat/completions", json=body, headers={"Idempotency-Key": "t2"})
+                time.sleep(0.7)  # the model is answering
+                own_redis.stop()
+                answer = pending.result()
+            assert answer.status_code == 200, answer.text
+            upstream.delay = 0
+            retry = http.post("/v1/chat/completions", json=body, headers={"Idempotency-Key": "t2"})
+            assert retry.status_code == 200 and retry.headers["idempotent-replayed"] == "true"
+            assert retry.json()["id"] == answer.json()["id"]
+        contents = [row["content"] for row in server.rows(Message.__table__) if row["role"] == "user"]
+        assert contents == ["one", "two"]
+        assert upstream.requests == 2

@@ -34,7 +34,8 @@ def genai(*args: str, **settings: str) -> subprocess.CompletedProcess:
         ({"GENAI_PORT": "eighty"}, "error: invalid setting GENAI_PORT: Input should be a valid integer"),
         (
             {"GENAI_MODEL_ROUTES": '[{"name": "x"}]'},
-            "error: invalid setting GENAI_MODEL_ROUTES: Field required (at model_routes.0.base_url)",
+            "error: invalid setting GENAI_MODEL_ROUTES: Value error, route `x` needs a `base_url` or `deployments` "
+            "(at model_routes.0)",
         ),
     ],
     ids=["not_json", "not_a_number", "route_without_url"],

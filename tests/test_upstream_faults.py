@@ -93,7 +93,8 @@ def test_a_stream_that_breaks_off_ends_with_an_error_event(platform):
                 events = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
             contents = [json.loads(e)["choices"][0]["delta"].get("content") for e in events[:-1] if "choices" in e]
             assert "Half " in contents
-            error = json.loads(events[-1])["error"]
+            assert events[-1] == "[DONE]"  # the error event, then the stream's end
+            error = json.loads(events[-2])["error"]
             assert error["code"] == "upstream_error" and model in error["message"]
         assert ask(http, "busy-short").status_code == 200
     statuses = [row["status"] for row in platform.rows(Usage.__table__)]
@@ -115,9 +116,10 @@ def test_a_timeout_says_how_long_the_client_waited(live_server):
 
     from chains.model_routes import translate_upstream_error
 
-    route = ModelRoute(name="slow", base_url="http://127.0.0.1:9/v1", timeout=5, max_retries=1)
-    error = translate_upstream_error(openai.APITimeoutError(request=httpx.Request("POST", "http://x")), route)
-    assert error.message == "The model `slow` did not answer within 10 s (2 attempts of 5 s)."
-    single = route.model_copy(update={"max_retries": 0})
-    error = translate_upstream_error(openai.APITimeoutError(request=httpx.Request("POST", "http://x")), single)
-    assert error.message == "The model `slow` did not answer within 5 s."
+    route = ModelRoute(name="slow", base_url="http://127.0.0.1:9/v1", timeout=60, first_byte_timeout=5)
+    timeout = openai.APITimeoutError(request=httpx.Request("POST", "http://x"))
+    error = translate_upstream_error(timeout, route, attempts=2, elapsed=10.26)
+    assert error.message == "The model `slow` did not answer within 5 s (2 attempts, 10.3 s in all)."
+    assert translate_upstream_error(timeout, route).message == "The model `slow` did not answer within 5 s."
+    error = translate_upstream_error(TimeoutError(), route)
+    assert error.message == "The model `slow` did not finish within its time limit of 60 s."

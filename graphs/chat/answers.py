@@ -4,13 +4,15 @@
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
+from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.runnables import RunnableConfig
 
-from chains.model_routes import ChatModel
 from chains.output_stage import OutputStage
+from storage.message_records import openai_tool_call
 
 _PIECE = re.compile(r"\s*\S+")
 
@@ -43,10 +45,14 @@ class Choice:
 
 
 async def generate_choices(
-    chat: ChatModel, prompt: list[BaseMessage], config: RunnableConfig, kwargs: dict[str, Any], choices: list[Choice]
+    client: BaseChatModel,
+    prompt: list[BaseMessage],
+    config: RunnableConfig,
+    kwargs: dict[str, Any],
+    choices: list[Choice],
 ) -> None:
     # agenerate, not ainvoke: ainvoke keeps only the first of n choices. The config's fields go as ainvoke sends them.
-    result = await chat.client.agenerate(
+    result = await client.agenerate(
         [prompt],
         callbacks=config.get("callbacks"),
         tags=config.get("tags"),
@@ -61,14 +67,14 @@ async def generate_choices(
 
 
 async def stream_choices(
-    chat: ChatModel,
+    client: BaseChatModel,
     prompt: list[BaseMessage],
     config: RunnableConfig,
     kwargs: dict[str, Any],
     choices: list[Choice],
     write,
 ) -> None:
-    async for chunk in chat.client.astream(prompt, config, **kwargs):
+    async for chunk in client.astream(prompt, config, **kwargs):
         index = chunk.response_metadata.get("choice_index") or 0
         if index >= len(choices):
             continue
@@ -99,6 +105,36 @@ async def stream_choices(
     for index, choice in enumerate(choices):
         if released := await choice.stage.finish():
             write({"index": index, "delta": released})
+
+
+def reply_of(state: dict[str, Any]) -> dict[str, Any]:
+    """What the client is told of a finished answer, as JSON: the chat service's result, and what a retry with the
+    same idempotency key is told again (stored with the turn)."""
+    answers: list[AIMessage] = [state["answer"], *(state.get("more_answers") or [])]
+    return {
+        "response_id": state["response_id"],
+        "model": state["model_name"],
+        "deployment": state.get("deployment"),
+        "choices": [
+            {
+                "text": answer.text,
+                "finish_reason": (state.get("finish_reason") if index == 0 else None)
+                or answer.response_metadata.get("finish_reason")
+                or "stop",
+                "tool_calls": [openai_tool_call(call) for call in answer.tool_calls],
+                "logprobs": answer.response_metadata.get("logprobs"),
+            }
+            for index, answer in enumerate(answers)
+        ],
+        "prompt_tokens": int(state.get("prompt_tokens") or 0),
+        "completion_tokens": int(state.get("completion_tokens") or 0),
+        "conversation_id": state.get("conversation_id"),
+        "cost": float(state.get("cost") or 0.0),
+        "cached": state.get("cache") == "hit",
+        "citations": state.get("citations") or [],
+        "safety": state.get("safety") or {},
+        "created": int(state.get("created") or time.time()),
+    }
 
 
 def tool_call_delta(part: dict[str, Any]) -> dict[str, Any]:

@@ -5,6 +5,7 @@ Each returns only the keys it sets. The wiring is in ``graphs.chat.graph``.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -12,17 +13,20 @@ from langchain_core.messages import BaseMessage, SystemMessage, trim_messages
 from langchain_core.runnables import RunnableConfig
 from langgraph.runtime import Runtime
 
-from chains.model_routes import translate_upstream_error
+from chains.failover import call_with_failover
+from chains.model_routes import ChatModel, Upstream
 from chains.output_stage import OutputStage, prepare
 from chains.route_features import check_request, content_kinds
 from errors import ContextLengthExceeded, InvalidRequest
-from graphs.chat.answers import Choice, generate_choices, stream_choices
+from graphs.chat.answers import Choice, generate_choices, reply_of, stream_choices
 from graphs.chat.context import ChatContext
 from graphs.chat.knowledge import plan_cache, remember_answer, resolve_stores
 from graphs.chat.safety import output_verdicts
 from graphs.chat.state import ChatState
 from storage.message_records import to_record, tool_calls_of
 from storage.transcripts import TurnRecord, new_conversation_id
+
+log = logging.getLogger(__name__)
 
 
 async def preprocess(state: ChatState, runtime: Runtime[ChatContext]) -> dict[str, Any]:
@@ -34,7 +38,8 @@ async def preprocess(state: ChatState, runtime: Runtime[ChatContext]) -> dict[st
     if not any(m.type == "human" for m in messages) and not state.get("conversation_id"):
         raise InvalidRequest("`messages` must contain a user message.", param="messages")
     chat = context.models.get(state.get("model"), allowed=state.get("allowed_models"))
-    check_request(chat.route.name, chat.features, state.get("params") or {}, content_kinds(messages))
+    kinds = content_kinds(messages)
+    check_request(chat.route.name, chat.features, state.get("params") or {}, kinds)
     app_id = state.get("app_id")
     if not app_id:
         raise InvalidRequest("The request has no app: call with an app's API key.")
@@ -62,7 +67,11 @@ async def preprocess(state: ChatState, runtime: Runtime[ChatContext]) -> dict[st
     params = state.get("params") or {}
     prompt_tokens = chat.tokens.count_messages(system + turn)
     max_tokens = chat.max_tokens_for(params)
-    if prompt_tokens > chat.route.context_window - max_tokens:
+    if prompt_tokens > chat.route.context_window - max_tokens and (
+        bigger := next((fb for fb in context.models.fallbacks(chat) if takes(fb, system + turn, params, kinds)), None)
+    ):  # a fallback route with a bigger context window takes the request
+        chat, prompt_tokens = bigger, bigger.tokens.count_messages(system + turn)
+    elif prompt_tokens > chat.route.context_window - max_tokens:
         raise ContextLengthExceeded(
             f"This model's maximum context length is {chat.route.context_window} tokens. "
             f"However, you requested {prompt_tokens + max_tokens} tokens "
@@ -82,6 +91,17 @@ async def preprocess(state: ChatState, runtime: Runtime[ChatContext]) -> dict[st
         "prompt_tokens": prompt_tokens,
         "started_at": state.get("started_at") or time.perf_counter(),
     }
+
+
+def takes(chat: ChatModel, prompt: list[BaseMessage], params: dict[str, Any], kinds: list[tuple[str, str]]) -> bool:
+    """Whether the route can answer this prompt: it fits the context window, and the route has what it asks for."""
+    if chat.tokens.count_messages(prompt) > chat.route.context_window - chat.max_tokens_for(params):
+        return False
+    try:
+        check_request(chat.route.name, chat.features, params, kinds)
+    except InvalidRequest:
+        return False
+    return True
 
 
 async def load_memory(state: ChatState, runtime: Runtime[ChatContext]) -> dict[str, Any]:
@@ -112,21 +132,35 @@ async def call_model(state: ChatState, config: RunnableConfig, runtime: Runtime[
     tool-call deltas). ``answer`` is the first choice, the one a conversation keeps; ``more_answers`` the others.
     """
     context = runtime.context
-    chat = context.models.get(state["model_name"])
     params = state.get("params") or {}
-    kwargs = chat.call_kwargs(params)
     await prepare(context.output_filters, state)
-    choices = [Choice(OutputStage.for_answer(context.output_filters, state)) for _ in range(params.get("n") or 1)]
-    try:
-        if state.get("stream"):
-            await stream_choices(chat, state["prompt"], config, kwargs, choices, runtime.stream_writer)
-        else:
-            await generate_choices(chat, state["prompt"], config, kwargs, choices)
-    except Exception as exc:  # the model server's failures become API errors
-        error = translate_upstream_error(exc, chat.route)
-        if error is None:
-            raise
-        raise error from exc
+    delivered = False  # some of the answer reached the client: a failure from now on is final
+
+    async def attempt(chat: ChatModel, upstream: Upstream) -> list[Choice]:
+        choices = [Choice(OutputStage.for_answer(context.output_filters, state)) for _ in range(params.get("n") or 1)]
+        kwargs = chat.call_kwargs(params)
+        if not state.get("stream"):
+            await generate_choices(upstream.client, state["prompt"], config, kwargs, choices)
+            return choices
+
+        def deliver(event: dict[str, Any]) -> None:
+            nonlocal delivered
+            if not delivered:  # the route that answers, for the stream's chunks and headers
+                delivered = True
+                runtime.stream_writer({"info": {"model_name": chat.route.name, "deployment": upstream.name}})
+            runtime.stream_writer(event)
+
+        await stream_choices(upstream.client, state["prompt"], config, kwargs, choices, deliver)
+        return choices
+
+    kinds = content_kinds(state["prompt"])
+    choices, chat, upstream = await call_with_failover(
+        context.models,
+        context.models.get(state["model_name"]),
+        attempt,
+        delivered=lambda: delivered,
+        fits=lambda chat: takes(chat, state["prompt"], params, kinds),
+    )
     usage = next((c.raw.usage_metadata for c in choices if c.raw.usage_metadata), None) or {}
     prompt_tokens = usage.get("input_tokens") or state["prompt_tokens"]
     completion_tokens = usage.get("output_tokens") or sum(chat.tokens.count_text(c.raw.text) for c in choices)
@@ -140,6 +174,8 @@ async def call_model(state: ChatState, config: RunnableConfig, runtime: Runtime[
         "completion_tokens": completion_tokens,
         "cost": chat.route.cost(prompt_tokens, completion_tokens, cached_tokens),
         "finish_reason": answers[0].response_metadata["finish_reason"],
+        "model_name": chat.route.name,
+        "deployment": upstream.name,
         "latency_ms": (time.perf_counter() - state["started_at"]) * 1000,
     }
 
@@ -148,6 +184,7 @@ async def persist(state: ChatState, runtime: Runtime[ChatContext]) -> dict[str, 
     """The turn and its usage in one transaction, then the conversation's memory."""
     context = runtime.context
     conversation_id = state.get("conversation_id")
+    created = int(time.time())
     total = await context.store.record_turn(
         TurnRecord(
             response_id=state["response_id"],
@@ -172,9 +209,17 @@ async def persist(state: ChatState, runtime: Runtime[ChatContext]) -> dict[str, 
             stored_messages=[to_record(m) for m in [*state["system"], *state["messages"]]]
             if state.get("store") and not conversation_id
             else None,
+            deployment=state.get("deployment"),
+            idempotency_key=state.get("idempotency_key"),
+            reply=reply_of({**state, "created": created}) if state.get("idempotency_key") else None,
         )
     )
-    if conversation_id and total:
-        await context.memory.append(conversation_id, [*state["messages"], state["answer"]], total)
-    await remember_answer(state, context)
-    return {}
+    # The turn is stored: from here on nothing may fail the request (the client would retry a stored turn). Memory
+    # and the cache are copies, and mend themselves (memory is rebuilt from the database when it falls behind).
+    try:
+        if conversation_id and total:
+            await context.memory.append(conversation_id, [*state["messages"], state["answer"]], total)
+        await remember_answer(state, context)
+    except Exception:
+        log.exception("the turn %s is stored, but updating memory or the cache failed", state["response_id"])
+    return {"created": created}

@@ -37,6 +37,8 @@ class ChatInput(TypedDict, total=False):
     guard_mode: str
     moderation_mode: str
     pii_policy: dict[str, Any] | None
+    # The request's idempotency key (storage.idempotency): its reply is stored with the turn.
+    idempotency_key: str | None
 
 
 class ChatState(ChatInput, total=False):
@@ -64,6 +66,9 @@ class ChatState(ChatInput, total=False):
     answer: AIMessage
     more_answers: list[AIMessage]
     completion_tokens: int
+    # The deployment of the route (``model_name``) that answered; when the turn was stored (unix seconds).
+    deployment: str
+    created: int
     cost: float
     finish_reason: str
     latency_ms: float

@@ -20,6 +20,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
@@ -48,6 +49,10 @@ class _Instruments:
     cache_lookups: Counter
     safety: Counter
     redis_fallbacks: Counter
+    retries: Counter
+    fallbacks: Counter
+    breaker_state: Gauge
+    breaker_transitions: Counter
 
 
 def _instruments(registry: CollectorRegistry | None) -> _Instruments:
@@ -108,6 +113,32 @@ def _instruments(registry: CollectorRegistry | None) -> _Instruments:
             "Requests served without Redis while it was unreachable, by part: ratelimits (counted in process), "
             "memory (read from the database).",
             ["part"],
+            registry=registry,
+        ),
+        retries=Counter(
+            "genai_upstream_retries",
+            "Chat calls tried again after a failed attempt, by route, the deployment tried next, and why the last "
+            "attempt failed (timeout, connection, invalid_response, an HTTP status).",
+            ["route", "deployment", "reason"],
+            registry=registry,
+        ),
+        fallbacks=Counter(
+            "genai_route_fallbacks",
+            "Chat calls handed to a fallback route, by the route asked for, the fallback and why.",
+            ["route", "fallback", "reason"],
+            registry=registry,
+        ),
+        breaker_state=Gauge(
+            "genai_circuit_breaker_state",
+            "Each deployment's circuit breaker: 0 closed, 1 half-open (probing), 2 open.",
+            ["route", "deployment"],
+            multiprocess_mode="max",
+            registry=registry,
+        ),
+        breaker_transitions=Counter(
+            "genai_circuit_breaker_transitions",
+            "Circuit breaker changes, by route, deployment and the state entered.",
+            ["route", "deployment", "state"],
             registry=registry,
         ),
     )
@@ -171,6 +202,17 @@ class Metrics:
             self._m.safety.labels("context", "flagged").inc()
         if safety.get("redactions"):
             self._m.safety.labels("pii", "redacted").inc()
+
+    # Failover (chains.failover reports through these; they make Metrics a chains.model_routes.RouteEvents).
+    def retried(self, route: str, deployment: str, reason: str) -> None:
+        self._m.retries.labels(route, deployment, reason).inc()
+
+    def fell_back(self, from_route: str, to_route: str, reason: str) -> None:
+        self._m.fallbacks.labels(from_route, to_route, reason).inc()
+
+    def breaker_changed(self, route: str, deployment: str, state: str) -> None:
+        self._m.breaker_state.labels(route, deployment).set({"closed": 0, "half_open": 1, "open": 2}[state])
+        self._m.breaker_transitions.labels(route, deployment, state).inc()
 
     def redis_fallback(self, part: str) -> None:
         self._m.redis_fallbacks.labels(part).inc()

@@ -28,7 +28,7 @@ from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from errors import RateLimited
-from memory.redis_client import REDIS_OPTIONS, Outage, open_redis
+from memory.redis_client import Outage, open_redis, redis_options
 from storage.tenants import Caller
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ class RateLimiter:
     ) -> None:
         self.shared = redis_url is not None  # counted in Redis, for every worker and replica
         self.strategy = SlidingWindowCounterRateLimiter(
-            RedisStorage(f"async+{redis_url}", implementation="redispy", key_prefix=prefix, **REDIS_OPTIONS)
+            RedisStorage(f"async+{redis_url}", implementation="redispy", key_prefix=prefix, **redis_options())
             if redis_url
             else MemoryStorage()
         )

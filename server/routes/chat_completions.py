@@ -6,6 +6,7 @@ its ``ChatResult`` a ``chat.completion`` and its ``ChatStream`` OpenAI's SSE chu
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,7 +19,11 @@ from errors import APIError
 from server.chat_request import ChatCompletionRequest
 from server.chat_service import ChatCall, ChatChoice, ChatResult, ChatStream
 from server.deps import ChatCaller, ServicesDep
+from server.failures import as_api_error
+from server.gateway.request_context import sane_request_id
 from server.schemas import ChatCompletion, Usage
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1", tags=["chat"])
 
@@ -36,6 +41,10 @@ async def create_chat_completion(
     body: ChatCompletionRequest, caller: ChatCaller, services: ServicesDep, request: Request
 ):
     no_cache = "no-cache" in request.headers.get("cache-control", "").lower()
+    # A retry sends the same Idempotency-Key (or its own request id again): it gets the stored reply.
+    idempotency_header, idempotency_key = "Idempotency-Key", request.headers.get("idempotency-key")
+    if idempotency_key is None and (request_id := sane_request_id(request.headers.get("x-request-id"))):
+        idempotency_header, idempotency_key = "X-Request-ID", request_id
     call = ChatCall(
         caller=caller,
         messages=body.lc_messages(),
@@ -46,19 +55,37 @@ async def create_chat_completion(
         vector_store_ids=body.vector_store_ids,
         use_cache=body.cache is not False and not no_cache,
         store=bool(body.store),
+        idempotency_key=idempotency_key,
+        idempotency_header=idempotency_header,
     )
     if not body.stream:
         result = await services.chat.complete(call)
-        headers = {"X-Cache": "hit" if result.cached else "miss"}
-        if result.conversation_id:
-            headers["X-Conversation-ID"] = result.conversation_id
+        headers = answer_headers(
+            {
+                "cache": "hit" if result.cached else "miss",
+                "conversation_id": result.conversation_id,
+                "deployment": result.deployment,
+                "replayed": result.replayed,
+            }
+        )
         return JSONResponse(completion_object(result), headers=headers)
     stream = await services.chat.stream(call)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    headers = {**SSE_HEADERS, "X-Cache": "hit" if stream.info.get("cache") == "hit" else "miss"}
-    if stream.info.get("conversation_id"):
-        headers["X-Conversation-ID"] = stream.info["conversation_id"]
+    headers = {**SSE_HEADERS, **answer_headers(stream.info)}
     return StreamingResponse(sse_chunks(stream, include_usage), media_type="text/event-stream", headers=headers)
+
+
+def answer_headers(info: dict[str, Any]) -> dict[str, str]:
+    """What the platform tells of an answer in headers: cache hit, conversation, the deployment that answered, and
+    whether it is the stored reply of an earlier request with the same idempotency key."""
+    headers = {"X-Cache": "hit" if info.get("cache") == "hit" else "miss"}
+    if info.get("conversation_id"):
+        headers["X-Conversation-ID"] = info["conversation_id"]
+    if info.get("deployment"):
+        headers["X-Deployment"] = info["deployment"]
+    if info.get("replayed"):
+        headers["Idempotent-Replayed"] = "true"
+    return headers
 
 
 def completion_object(result: ChatResult) -> dict[str, Any]:
@@ -91,7 +118,8 @@ def _choice_object(index: int, choice: ChatChoice) -> dict[str, Any]:
 async def sse_chunks(stream: ChatStream, include_usage: bool) -> AsyncIterator[bytes]:
     """The stream as OpenAI's ``chat.completion.chunk`` events, ending in ``data: [DONE]``.
 
-    The status line is sent by then, so a failure becomes a final ``data: {"error": ...}`` event.
+    The status line is sent by then, so a failure (the model's, or the server shutting down) becomes a
+    ``data: {"error": ...}`` event in OpenAI's shape, still followed by ``data: [DONE]``: the body always ends cleanly.
     """
     info = stream.info
     shape = _ChunkShape(info["response_id"], info["model_name"], info.get("conversation_id"), include_usage)
@@ -118,6 +146,11 @@ async def sse_chunks(stream: ChatStream, include_usage: bool) -> AsyncIterator[b
         yield b"data: [DONE]\n\n"
     except APIError as error:  # recorded by the chat service already
         yield b"data: " + orjson.dumps(error.to_dict()) + b"\n\n"
+        yield b"data: [DONE]\n\n"
+    except Exception as exc:  # a bug in shaping the chunks: the client still gets an error and the end
+        log.exception("streaming %s failed", info["response_id"])
+        yield b"data: " + orjson.dumps(as_api_error(exc).to_dict()) + b"\n\n"
+        yield b"data: [DONE]\n\n"
 
 
 class _ChunkShape:

@@ -14,6 +14,16 @@ router = APIRouter(tags=["health"])
 DEGRADABLE = {"redis": "rate limits per process, memory from the database, no exact-match cache"}
 
 
+def _covered_deployments(checks: dict[str, str]) -> set[str]:
+    """The failing deployments (``model:R deployment:D``) of routes that have another deployment answering."""
+
+    def route(name: str) -> str | None:
+        return name.split(" deployment:", 1)[0] if name.startswith("model:") and " deployment:" in name else None
+
+    answering = {route(name) for name, state in checks.items() if state == "ok"} - {None}
+    return {name for name, state in checks.items() if state != "ok" and route(name) in answering}
+
+
 @router.get("/healthz")
 async def healthz() -> Health:
     return Health()
@@ -29,12 +39,14 @@ async def healthz() -> Health:
 async def readyz(services: ServicesDep, response: Response) -> Readiness:
     checks = await services.readiness()
     failing = {name for name, state in checks.items() if state != "ok"}
-    if failing - set(DEGRADABLE):
+    if failing - set(DEGRADABLE) - _covered_deployments(checks):
         response.status_code = 503
         return Readiness(status="unavailable", checks=checks)
     if failing:
         checks = {
-            name: f"{state} (degraded: {DEGRADABLE[name]})" if name in failing else state
+            name: f"{state} (degraded: {DEGRADABLE.get(name, 'the route fails over to its other deployments')})"
+            if name in failing
+            else state
             for name, state in checks.items()
         }
         return Readiness(status="degraded", checks=checks)

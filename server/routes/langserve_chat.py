@@ -7,20 +7,26 @@ LangServe would answer with a 500; an unknown conversation or model, which
 once streaming could only cut the stream short), and a request count per input
 of a batch. The runnable it serves is a thin adapter: messages in, the chat
 service's answer out as AI message chunks.
+
+The streaming routes (stream, stream_log, stream_events) are served here, by LangServe's own ``APIHandler``, so that
+a stream that fails once started (the model's failure, or the server shutting down) ends with an ``error`` event
+that carries the error (its status and OpenAI's error object) and then ``end``, in a complete body: LangServe's
+routes send a generic 500 and cut the body.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
 import orjson
 from fastapi import Depends, FastAPI, Request, Response
 from langchain_core.messages import AIMessageChunk, AnyMessage, message_chunk_to_message
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableGenerator
-from langserve import add_routes
+from langserve import APIHandler, add_routes
 from langserve.playground import serve_playground
 from pydantic import (
     BaseModel,
@@ -33,12 +39,17 @@ from pydantic import (
     ValidationError,
     WithJsonSchema,
 )
+from sse_starlette import EventSourceResponse
 
-from errors import InvalidRequest
+from errors import APIError, InvalidRequest
 from server.chat_service import ChatCall, ChatService, response_id_for, trace_config
+from server.failures import as_api_error
 from server.gateway.auth import admit, app_caller
 from server.services import Services
+from server.shutdown import RunningChats
 from storage.tenants import Caller
+
+log = logging.getLogger(__name__)
 
 PATH = "/chat"
 MESSAGE_TYPES = {
@@ -68,7 +79,7 @@ ANSWER_SCHEMA = {
                 "id": {"type": ["string", "null"], "description": "the response id"},
                 "response_metadata": {
                     "type": "object",
-                    "description": "on the last chunk: finish_reason, model_name, conversation_id, cached, citations, safety",
+                    "description": "on the last chunk: finish_reason, model_name, deployment, conversation_id, replayed, cached, citations, safety",
                 },
                 "usage_metadata": {
                     "type": ["object", "null"],
@@ -100,6 +111,7 @@ def chat_runnable(service: ChatService) -> Runnable:
             conversation_id=configurable.get("conversation_id"),
             use_cache=configurable.get("use_cache", True),
             run_id=_own_run_id(config),
+            idempotency_key=configurable.get("idempotency_key"),
         )
         if not configurable.get("stream", True):  # /invoke and /batch: the client waits for the whole answer
             result = await service.complete(call, config)
@@ -123,7 +135,9 @@ def chat_runnable(service: ChatService) -> Runnable:
             response_metadata={
                 "finish_reason": result.first.finish_reason,
                 "model_name": result.model,
+                "deployment": result.deployment,
                 "conversation_id": result.conversation_id,
+                "replayed": result.replayed,
                 "cached": result.cached,
                 "citations": result.citations,
                 "safety": result.safety,
@@ -171,6 +185,13 @@ def mount(app: FastAPI, services: Services) -> None:
             configurable["conversation_id"] = conversation_id
         if model := request.headers.get("x-model"):
             configurable["model"] = model
+        if (key := request.headers.get("idempotency-key")) is not None:
+            if request.url.path.endswith("/batch"):
+                raise InvalidRequest(
+                    "An Idempotency-Key names one request; /chat/batch sends several: send each to /chat/invoke.",
+                    param="Idempotency-Key",
+                )
+            configurable["idempotency_key"] = key
         await services.chat.check(
             ChatCall(
                 caller=caller,
@@ -188,16 +209,81 @@ def mount(app: FastAPI, services: Services) -> None:
         }
 
     runnable = chat_runnable(services.chat)
+    options: dict[str, Any] = {
+        "path": PATH,
+        "playground_type": "chat",
+        "per_req_config_modifier": per_request_config,
+        "enable_feedback_endpoint": False,
+    }
     mount_feedback(app, services, runnable)
-    add_routes(
-        app,
-        runnable,
-        path=PATH,
-        playground_type="chat",
-        per_req_config_modifier=per_request_config,
-        enable_feedback_endpoint=False,
-        dependencies=[Depends(gate)],
+    mount_streams(app, APIHandler(runnable, **options), services.chat.running)
+    add_routes(app, runnable, **options, dependencies=[Depends(gate)])
+
+
+def mount_streams(app: FastAPI, handler: APIHandler, streams: RunningChats) -> None:
+    """/chat/stream, /chat/stream_log, /chat/stream_events and their ``/chat/c/{config_hash}/`` forms, served before
+    LangServe's routes of the same paths by a handler made with the same options; their events end cleanly
+    (``ending_cleanly``)."""
+    served = {"stream": handler.stream, "stream_log": handler.stream_log, "stream_events": handler.astream_events}
+    for name, serve in served.items():
+        plain, with_config = _stream_endpoints(serve, streams)
+        for path, endpoint in ((f"{PATH}/{name}", plain), (f"{PATH}/c/{{config_hash}}/{name}", with_config)):
+            app.add_api_route(path, endpoint, methods=["POST"], include_in_schema=False, dependencies=[Depends(gate)])
+
+
+def _stream_endpoints(
+    serve: Callable[..., Awaitable[EventSourceResponse]], streams: RunningChats
+) -> tuple[Callable[..., Awaitable[Response]], Callable[..., Awaitable[Response]]]:
+    async def plain(request: Request) -> Response:
+        return ending_cleanly(await serve(request), streams)
+
+    async def with_config(request: Request, config_hash: str) -> Response:
+        return ending_cleanly(await serve(request, config_hash=config_hash), streams)
+
+    return plain, with_config
+
+
+def ending_cleanly(response: EventSourceResponse, streams: RunningChats) -> EventSourceResponse:
+    """LangServe's stream response, ending with ``error`` (the error's own status and message, and OpenAI's error
+    object) and ``end`` when it fails; and left to run until the chat service stops it at shutdown (``sse_starlette``
+    would cancel it as soon as the server begins to shut down)."""
+    return EventSourceResponse(
+        _clean_events(response.body_iterator), shutdown_grace_period=streams.grace_after_signal()
     )
+
+
+async def _clean_events(events: AsyncGenerator[Any, None]) -> AsyncIterator[Any]:
+    """LangServe ends a failed stream with a generic 500 ``error`` event, then re-raises (which cuts the body). Here
+    the event carries the error raised instead, and ``end`` follows."""
+    try:
+        async for event in events:
+            if isinstance(event, dict) and event.get("event") == "error":
+                error = await _raised(events)
+                yield {"event": "error", "data": orjson.dumps(error_event_data(error)).decode()}
+                yield {"event": "end"}
+                return
+            yield event
+    finally:  # also when the response is closed early (the client left): LangServe's stream and the run end now
+        await events.aclose()
+
+
+async def _raised(events: AsyncGenerator[Any, None]) -> APIError:
+    """What LangServe re-raises after its error event (the chat service's ``APIError``, recorded already)."""
+    try:
+        await events.__anext__()
+    except StopAsyncIteration:
+        pass
+    except Exception as exc:
+        if not isinstance(exc, APIError):
+            log.error("chat stream failed", exc_info=exc)
+        return as_api_error(exc)
+    return as_api_error(RuntimeError("LangServe ended a stream with an error it did not raise"))
+
+
+def error_event_data(error: APIError) -> dict[str, Any]:
+    """The data of an ``error`` event: ``status_code`` and ``message`` as LangServe's ``RemoteRunnable`` reads them
+    (it raises ``httpx.HTTPStatusError`` with them), and the error in OpenAI's shape."""
+    return {"status_code": error.status_code, "message": error.message, **error.to_dict()}
 
 
 class PlaygroundFeedback(BaseModel):

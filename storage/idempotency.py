@@ -1,0 +1,110 @@
+"""Idempotency keys of chat requests: a client that retries gets the reply of the request it repeats, never a
+second turn.
+
+A request with a key claims it (a row without a reply) before it runs. The turn's own transaction stores the
+reply in that row (``ConversationStore.record_turn``), so the reply exists exactly when the turn does; a request
+that fails releases its claim. A retry then finds the reply (replayed to it), a claim (409: the first request
+still runs), or nothing (it runs, as the first did not leave a turn). Keys belong to their app; the same key with
+a different request is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import orjson
+from sqlalchemy import delete, insert, null, select, update
+from sqlalchemy.exc import IntegrityError
+
+from errors import Conflict, InvalidRequest
+from storage.engine import Database
+from storage.tables import IdempotencyKey, now
+
+# How long a key's reply is kept for retries.
+KEEP_SECONDS = 24 * 3600
+# A claim this old belongs to a process that died while it ran: the next request with its key takes it over.
+CLAIM_SECONDS = 15 * 60
+MAX_KEY_LENGTH = 255
+
+
+def fingerprint(request: Any) -> str:
+    """A hash of the request, to tell a retry from another request that reuses its key."""
+    return hashlib.sha256(orjson.dumps(request, option=orjson.OPT_SORT_KEYS, default=str)).hexdigest()
+
+
+class IdempotencyKeys:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def claim(
+        self, app_id: str, key: str, fingerprint: str, response_id: str, *, header: str = "Idempotency-Key"
+    ) -> dict[str, Any] | None:
+        """Claim ``key`` (sent in the header ``header``) for the request ``response_id``; the stored reply instead
+        when the request was answered already. 409 while another request with the key runs, 400 when the key came
+        with another request."""
+        if not key or len(key) > MAX_KEY_LENGTH:
+            raise InvalidRequest(
+                f"The {header} header must have 1 to {MAX_KEY_LENGTH} characters.",
+                param=header,
+                code="invalid_idempotency_key",
+            )
+        stamp = now()
+        where = (IdempotencyKey.app_id == app_id, IdempotencyKey.key == key)
+        try:
+            async with self.db.engine.begin() as conn:
+                row = (
+                    await conn.execute(
+                        select(IdempotencyKey.fingerprint, IdempotencyKey.reply, IdempotencyKey.created_at).where(
+                            *where
+                        )
+                    )
+                ).first()
+                if row is None:
+                    await conn.execute(
+                        insert(IdempotencyKey).values(
+                            app_id=app_id, key=key, fingerprint=fingerprint, response_id=response_id, created_at=stamp
+                        )
+                    )
+                    return None
+                expired = row.created_at < stamp - KEEP_SECONDS
+                if not expired and row.fingerprint != fingerprint:
+                    raise InvalidRequest(
+                        f"This {header} was used with a different request; use a new one for a new request.",
+                        param=header,
+                        code="idempotency_key_reused",
+                    )
+                if not expired and row.reply is not None:
+                    return row.reply
+                if not expired and row.created_at >= stamp - CLAIM_SECONDS:
+                    raise _in_use(header)
+                # Expired, or left behind by a process that died: this request takes the key over.
+                await conn.execute(
+                    update(IdempotencyKey)
+                    .where(*where, IdempotencyKey.created_at == row.created_at)
+                    .values(fingerprint=fingerprint, response_id=response_id, reply=null(), created_at=stamp)
+                )
+                await conn.execute(delete(IdempotencyKey).where(IdempotencyKey.created_at < stamp - KEEP_SECONDS))
+                return None
+        except IntegrityError:  # another request with the key claimed it a moment ago
+            raise _in_use(header) from None
+
+    async def release(self, app_id: str, key: str, response_id: str) -> None:
+        """Give up the claim of a request that failed (left nothing behind): a retry runs afresh."""
+        async with self.db.engine.begin() as conn:
+            await conn.execute(
+                delete(IdempotencyKey).where(
+                    IdempotencyKey.app_id == app_id,
+                    IdempotencyKey.key == key,
+                    IdempotencyKey.response_id == response_id,
+                    IdempotencyKey.reply.is_(None),
+                )
+            )
+
+
+def _in_use(header: str) -> Conflict:
+    return Conflict(
+        f"A request with this {header} is still running; retry once it has finished.",
+        param=header,
+        code="idempotency_key_in_use",
+    )
