@@ -82,7 +82,7 @@ async def pick(chat: ChatModel, tried: set[Upstream]) -> Upstream | None:
     turn); one whose breaker lets it through. None when every deployment is paused or its breaker open."""
     now = time.monotonic()
     ready = [upstream for upstream in chat.upstreams if upstream.paused_until <= now]
-    start = random.randrange(len(ready)) if ready else 0
+    start = next(chat.turns) % len(ready) if ready else 0
     rotated = ready[start:] + ready[:start]
     for upstream in sorted(rotated, key=lambda u: (u in tried, u.in_flight)):
         if await upstream.breaker.allows():

@@ -10,6 +10,7 @@ deployment answers.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Collection, Iterable
 from functools import cached_property
@@ -37,6 +38,14 @@ from errors import (
 )
 
 DEFAULT_FIRST_BYTE_TIMEOUT = 60.0
+# An image route's sizes when it names none, by provider.
+DEFAULT_IMAGE_SIZES = {"openai": ["1024x1024"], "diffusers": ["512x512"]}
+# The fields that only image routes take (``serves: images``), and those only a diffusers pipeline takes.
+IMAGE_FIELDS = (
+    "image_provider", "pipeline_path", "image_sizes", "image_max_n", "image_steps", "image_guidance_scale",
+    "image_device", "image_price",
+)  # fmt: skip
+DIFFUSERS_FIELDS = ("pipeline_path", "image_steps", "image_guidance_scale", "image_device")
 
 
 class _Credentials(BaseModel):
@@ -63,9 +72,12 @@ class Deployment(_Credentials):
 
 
 class ModelRoute(_Credentials):
-    """One chat model the platform serves, as configuration."""
+    """One model the platform serves, as configuration: a chat model, or (``serves: images``) an image model."""
 
     name: str = Field(min_length=1, description="the model id clients send")
+    serves: Literal["chat", "images"] = Field(
+        "chat", description="chat completions, or images (POST /v1/images/generations; see chains.images)"
+    )
     base_url: str | None = Field(
         None, description="OpenAI-compatible base URL, e.g. https://api.openai.com/v1 (or `deployments`)"
     )
@@ -104,9 +116,38 @@ class ModelRoute(_Credentials):
     input_price: float = Field(0.0, ge=0, description="per million prompt tokens")
     cached_input_price: float | None = Field(None, ge=0, description="per million cached prompt tokens")
     output_price: float = Field(0.0, ge=0, description="per million completion tokens")
+    # Image routes (serves: images) only.
+    image_provider: Literal["openai", "diffusers"] | None = Field(
+        None,
+        description="what makes the images: openai (OpenAI's Images API or a compatible server at `base_url`, the "
+        "default) or diffusers (a local pipeline in `pipeline_path`)",
+    )
+    pipeline_path: str | None = Field(
+        None, description="diffusers: the directory of a saved pipeline (save_pretrained's layout); nothing is fetched"
+    )
+    image_sizes: list[str] | None = Field(
+        None, description="the sizes a request may ask for, WIDTHxHEIGHT; the first is the default"
+    )
+    image_max_n: int = Field(4, ge=1, le=4, description="the most images one request may ask for (`n`)")
+    image_steps: int | None = Field(
+        None, ge=1, le=1000, description="diffusers: denoising steps per image (the pipeline's default when unset)"
+    )
+    image_guidance_scale: float | None = Field(
+        None, ge=0, description="diffusers: classifier-free guidance (the pipeline's default when unset)"
+    )
+    image_device: str | None = Field(
+        None, description="diffusers: the torch device (cpu, cuda, cuda:1); cuda when available, else cpu"
+    )
+    image_price: float = Field(0.0, ge=0, description="per image generated, in the routes' currency")
 
     @model_validator(mode="after")
     def _has_a_deployment(self) -> ModelRoute:
+        if self.serves == "images":
+            return self._check_image_route()
+        if given := self._given(IMAGE_FIELDS):
+            raise ValueError(
+                f'route `{self.name}`: {", ".join(given)} apply to image routes only (set "serves": "images")'
+            )
         if not self.base_url and not self.deployments:
             raise ValueError(f"route `{self.name}` needs a `base_url` or `deployments`")
         names = [deployment.name for deployment in self.deployment_list]
@@ -115,6 +156,47 @@ class ModelRoute(_Credentials):
         if self.name in self.fallbacks:
             raise ValueError(f"route `{self.name}` cannot fall back to itself")
         return self
+
+    def _given(self, names: Iterable[str]) -> list[str]:
+        """Those of ``names`` set to something other than their default (a dumped route has them all)."""
+        return [name for name in names if getattr(self, name) != type(self).model_fields[name].default]
+
+    def _check_image_route(self) -> ModelRoute:
+        provider = self.image_provider_kind
+        where = f"image route `{self.name}`"
+        if self.deployments or self.fallbacks:
+            raise ValueError(f"{where}: `deployments` and `fallbacks` are for chat routes; give it one `base_url`")
+        if provider == "openai":
+            if not self.base_url:
+                raise ValueError(
+                    f"{where} needs a `base_url` (e.g. https://api.openai.com/v1), or a `pipeline_path` with "
+                    '"image_provider": "diffusers"'
+                )
+            if given := self._given(DIFFUSERS_FIELDS):
+                raise ValueError(f'{where}: {", ".join(given)} apply to "image_provider": "diffusers" routes only')
+        else:
+            if not self.pipeline_path:
+                raise ValueError(f"{where} (diffusers) needs `pipeline_path`: the directory of a saved pipeline")
+            if self.base_url or self.api_key is not None or self.api_key_env:
+                raise ValueError(f"{where} (diffusers) runs in process: it takes no `base_url` or API key")
+        if self.image_sizes is not None and not self.image_sizes:
+            raise ValueError(f"{where}: `image_sizes` must name at least one size")
+        for size in self.image_sizes or []:
+            dimensions = parse_image_size(size)
+            if dimensions is None:
+                raise ValueError(f"{where}: the size {size!r} is not WIDTHxHEIGHT, e.g. 1024x1024")
+            if provider == "diffusers" and any(side % 8 for side in dimensions):
+                raise ValueError(f"{where}: the size {size!r} must be multiples of 8 for a diffusion pipeline")
+        return self
+
+    @property
+    def image_provider_kind(self) -> Literal["openai", "diffusers"]:
+        return self.image_provider or "openai"
+
+    @property
+    def image_size_list(self) -> list[str]:
+        """The sizes an image route makes; the first is the default."""
+        return list(self.image_sizes or DEFAULT_IMAGE_SIZES[self.image_provider_kind])
 
     @property
     def deployment_list(self) -> list[Deployment]:
@@ -157,6 +239,15 @@ class ModelRoute(_Credentials):
     @property
     def upstream_model(self) -> str:
         return self.model or self.name
+
+
+def parse_image_size(size: str) -> tuple[int, int] | None:
+    """(width, height) of ``"1024x768"``; None when it is not that form or a side is not in 1..8192."""
+    width, sep, height = size.strip().lower().partition("x")
+    if not sep or not width.isdigit() or not height.isdigit():
+        return None
+    dimensions = int(width), int(height)
+    return dimensions if all(0 < side <= 8192 for side in dimensions) else None
 
 
 def _host_port(url: str) -> str:
@@ -231,6 +322,7 @@ class ChatModel:
     def __init__(self, route: ModelRoute, events: RouteEvents | None = None) -> None:
         self.route = route
         self.upstreams = [Upstream(route, deployment, events) for deployment in route.deployment_list]
+        self.turns = itertools.count()  # whose turn it is among deployments equally busy
 
     @cached_property
     def features(self) -> Features:
@@ -293,7 +385,10 @@ class ModelRegistry:
         self, routes: Iterable[ModelRoute], default: str | None = None, events: RouteEvents | None = None
     ) -> None:
         self.events = events
-        self._models = {route.name: ChatModel(route, events) for route in routes}
+        routes = list(routes)
+        # Image routes are served by chains.images; their names are known here to tell a chat request so.
+        self.image_routes = {route.name for route in routes if route.serves == "images"}
+        self._models = {route.name: ChatModel(route, events) for route in routes if route.serves == "chat"}
         self.default = default or next(iter(self._models), None)
         for chat in self._models.values():
             if unknown := [name for name in chat.route.fallbacks if name not in self._models]:
@@ -318,6 +413,12 @@ class ModelRegistry:
     def get(self, name: str | None, allowed: Collection[str] | None = None) -> ChatModel:
         """The route ``name`` (the default when None); 404 when unknown or not in ``allowed``."""
         name = name or self.default
+        if name in self.image_routes and (allowed is None or name in allowed):
+            raise ModelNotFound(
+                f"The model `{name}` generates images, it is not a chat model: use it with POST "
+                "/v1/images/generations, or pick a chat model from /v1/models.",
+                param="model",
+            )
         if name is None or name not in self._models or (allowed is not None and name not in allowed):
             raise ModelNotFound(
                 f"The model `{name}` does not exist or you do not have access to it.",

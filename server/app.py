@@ -11,9 +11,11 @@ from fastapi import FastAPI
 from chains.local_model_process import terminate_self, watch_parent
 from server.error_handlers import install_error_handlers
 from server.gateway.body_limit import BodySizeLimit
+from server.gateway.cors import CorsPolicy
+from server.gateway.cors import install as install_cors
 from server.gateway.rate_limits import RateLimitHeaders
 from server.gateway.request_context import install as install_request_context
-from server.openapi import document_api
+from server.openapi import document_api, serve_docs
 from server.routes import (
     admin,
     chat_completions,
@@ -22,12 +24,14 @@ from server.routes import (
     feedback,
     files,
     health,
+    images,
     langserve_chat,
     model_list,
     moderations,
     prometheus,
     usage,
     vector_stores,
+    web_ui,
 )
 from server.services import Services
 from server.settings import Settings
@@ -54,23 +58,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         services.chat.running.close()
         await services.close()
 
-    app = FastAPI(title="genai-platform", version="0.1.0", lifespan=lifespan)
+    # /docs and /redoc are served by serve_docs, with their assets from server/static/ rather than a CDN.
+    app = FastAPI(title="genai-platform", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.services = services
     app.state.metrics = services.metrics
     install_error_handlers(app)
     routers = (
         health, model_list, chat_completions, embeddings, moderations, conversations, feedback, files, vector_stores,
-        usage, admin,
+        images, usage, admin,
     )  # fmt: skip
     for module in (*routers, prometheus):
         app.include_router(module.router)
     langserve_chat.mount(app, services)
+    web_ui.mount(app)  # the web chat UI at /, its files under /ui/
     document_api(app)
+    serve_docs(app)
     app.add_middleware(RateLimitHeaders)
     app.add_middleware(
         BodySizeLimit,
         max_bytes=settings.max_body_bytes,
         per_path={"/v1/files": max(settings.max_body_bytes, settings.max_file_bytes + MULTIPART_ALLOWANCE)},
     )
+    # Outside the error middleware: errors carry the CORS headers too; preflights are answered before auth.
+    install_cors(app, CorsPolicy(settings.cors_origins, services.tenants))
     install_request_context(app, services.metrics)  # outermost: request id and access log on every response
     return app

@@ -17,11 +17,10 @@ Entry points translate their input into a ``ChatCall`` and the ``ChatResult``
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +30,7 @@ from langgraph.graph.state import CompiledStateGraph
 from errors import APIError, InternalError
 from graphs.chat import ChatContext, ChatInput
 from graphs.chat.answers import reply_of
+from server.background import BackgroundWork
 from server.failures import as_api_error
 from server.gateway.prometheus_metrics import ChatRecorder, Metrics
 from server.gateway.rate_limits import RateLimiter
@@ -154,7 +154,9 @@ def trace_config(caller: Caller) -> dict[str, Any]:
     }
 
 
-class ChatService:
+class ChatService(BackgroundWork):
+    work_name = "background chat bookkeeping"
+
     def __init__(
         self,
         graph: CompiledStateGraph,
@@ -168,7 +170,7 @@ class ChatService:
         self.limiter = limiter
         self.metrics = metrics
         self.idempotency = idempotency
-        self._background: set[asyncio.Task] = set()
+        BackgroundWork.__init__(self)
         # The requests running now: ended with a 503 when the server shuts down (server/shutdown.py).
         self.running = RunningChats()
         if context.spawn is None:  # the graph's after-the-answer work joins the service's own
@@ -210,27 +212,6 @@ class ChatService:
                 )
         except APIError as error:
             raise await _Run(self, call, None, stream=False).failed(error) from None
-
-    def spawn(self, work: Coroutine[Any, Any, Any]) -> None:
-        """Run bookkeeping after the answer, without making the client wait; ``drain`` awaits what is left."""
-        task = asyncio.get_running_loop().create_task(work)
-        self._background.add(task)
-        task.add_done_callback(self._settled)
-
-    def _settled(self, task: asyncio.Task) -> None:
-        self._background.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("background chat bookkeeping failed", exc_info=task.exception())
-
-    @property
-    def busy(self) -> bool:
-        """Bookkeeping of finished requests is still running (tests wait for it to settle)."""
-        return bool(self._background)
-
-    async def drain(self) -> None:
-        """Wait for the background bookkeeping (token charges) of finished requests; at shutdown and in tests."""
-        while self._background:
-            await asyncio.gather(*list(self._background), return_exceptions=True)
 
 
 class _Run:

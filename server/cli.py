@@ -192,6 +192,20 @@ def _budget(value: str) -> float:
     return budget
 
 
+def _origin(value: str) -> str:
+    """A browser origin for --cors-origin, checked as the admin API checks it."""
+    from server.gateway.cors import check_origin
+
+    try:
+        return check_origin(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _cors_text(origins: list[str] | None) -> str:
+    return ",".join(origins) if origins else "none"
+
+
 def _limits(args: argparse.Namespace) -> dict:
     """The limits an app or a key is created with: --rpm, --tpm, --budget."""
     return {"rpm": args.rpm, "tpm": args.tpm, "monthly_budget": args.budget}
@@ -239,6 +253,7 @@ def apps_create(args: argparse.Namespace) -> int:
             system_prompt=args.system_prompt,
             allowed_models=args.models,
             cache_enabled=not args.no_cache,
+            cors_origins=list(dict.fromkeys(args.cors_origins or [])) or None,
             **safety,
             **_limits(args),
         )
@@ -254,10 +269,15 @@ def apps_update(args: argparse.Namespace) -> int:
         changes["system_prompt"] = args.system_prompt or None
     if args.cache is not None:
         changes["cache_enabled"] = args.cache == "on"
+    if args.cors_origins is not None:
+        changes["cors_origins"] = list(dict.fromkeys(args.cors_origins))
+    elif args.no_cors_origins:
+        changes["cors_origins"] = None
     app = asyncio.run(_with_services(Settings(), lambda services: services.tenants.update_app(args.name, **changes)))
     print(
         f"updated app {app.name} ({app.id}): guard {app.guard_mode or 'default'}, moderation "
-        f"{app.moderation_mode or 'default'}, pii {_pii_text(app.pii_policy)}, cache {'on' if app.cache_enabled else 'off'}"
+        f"{app.moderation_mode or 'default'}, pii {_pii_text(app.pii_policy)}, cache {'on' if app.cache_enabled else 'off'}, "
+        f"cors origins {_cors_text(app.cors_origins)}"
     )
     print("running servers apply it within a few seconds (their key cache); the admin API applies it at once")
     return 0
@@ -281,10 +301,11 @@ def apps_list(args: argparse.Namespace) -> int:
                 a.guard_mode or "default",
                 a.moderation_mode or "default",
                 _pii_text(a.pii_policy),
+                _cors_text(a.cors_origins),
             ]
             for a in apps
         ],
-        ["NAME", "ID", "MODELS", "RPM", "TPM", "BUDGET", "GUARD", "MODERATION", "PII"],
+        ["NAME", "ID", "MODELS", "RPM", "TPM", "BUDGET", "GUARD", "MODERATION", "PII", "CORS_ORIGINS"],
     )
     return 0
 
@@ -412,13 +433,32 @@ def build_parser() -> argparse.ArgumentParser:
         "--budget", type=_budget, metavar="AMOUNT", help="monthly budget (UTC months), shared by all its keys"
     )
     create.add_argument("--no-cache", action="store_true", help="never answer its requests from the semantic cache")
+    create.add_argument(
+        "--cors-origin",
+        dest="cors_origins",
+        action="append",
+        type=_origin,
+        metavar="ORIGIN",
+        help="a browser origin (https://app.example.com, http://127.0.0.1:5173; * for all) whose pages may call with "
+        "its keys; repeat for several",
+    )
     _add_safety_options(create)
     create.set_defaults(handler=apps_create)
     apps.add_parser("list", help="list apps").set_defaults(handler=apps_list)
-    update = apps.add_parser("update", help="change an app's safety settings, system prompt or cache")
+    update = apps.add_parser("update", help="change an app's safety settings, system prompt, cache or CORS origins")
     update.add_argument("name", help="the app's name or id")
     update.add_argument("--system-prompt", help="default system prompt ('' removes it)")
     update.add_argument("--cache", choices=["on", "off"], help="the semantic cache for its requests")
+    cors = update.add_mutually_exclusive_group()
+    cors.add_argument(
+        "--cors-origin",
+        dest="cors_origins",
+        action="append",
+        type=_origin,
+        metavar="ORIGIN",
+        help="the browser origins whose pages may call with its keys (replaces its list); repeat for several",
+    )
+    cors.add_argument("--no-cors-origins", action="store_true", help="remove its CORS origins")
     _add_safety_options(update)
     update.set_defaults(handler=apps_update)
 

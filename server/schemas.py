@@ -220,6 +220,7 @@ class UsageGroup(ResponseBody):
     total_tokens: int
     cached_requests: int
     failed_requests: int
+    images: int = Field(description="images generated (POST /v1/images/generations)")
     cost: float = Field(description="the sum of the requests' costs at their routes' prices (failures cost 0)")
     flagged_requests: int = Field(description="requests a safety check flagged (input guard, moderation)")
     blocked_requests: int = Field(description="requests refused or answers withheld by a safety check")
@@ -252,6 +253,10 @@ class App(ResponseBody):
     guard_mode: str | None = Field(description="input guard: off, flag or block; null for the deployment's default")
     moderation_mode: str | None = Field(description="answer moderation: off, flag or block; null for the default")
     pii_policy: dict[str, Any] | None = Field(description="PII redaction of answers; null for the default (off)")
+    cors_origins: list[str] | None = Field(
+        description="browser origins whose pages may call with the app's keys (CORS), besides the platform-wide "
+        "GENAI_CORS_ORIGINS; null for none of its own"
+    )
     created_at: int
 
 

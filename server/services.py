@@ -13,10 +13,12 @@ import httpx
 from redis.asyncio import Redis
 
 from chains.embedding_models import EmbeddingModel, build_embedding_model
+from chains.images import ImageRegistry
 from chains.model_routes import ModelRegistry
 from errors import Conflict
 from graphs.chat import ChatContext, build_chat_graph
 from graphs.chat.safety import PiiFilters, moderation_filters
+from graphs.image import ImageContext, build_image_graph
 from memory import ConversationMemory, RedisMemory, SqlMemory
 from memory.redis_client import open_redis
 from memory.semantic_cache import SemanticCache
@@ -25,6 +27,7 @@ from server.feedback_forwarding import LangSmithFeedback
 from server.gateway.auth import Authenticator
 from server.gateway.prometheus_metrics import Metrics
 from server.gateway.rate_limits import RateLimiter
+from server.image_service import ImageService
 from server.knowledge_base import KnowledgeBase
 from server.knowledge_index import LazyKnowledgeIndex
 from server.safety import SafetyChecks
@@ -33,6 +36,7 @@ from storage import ConversationStore, Database, TenantStore
 from storage.feedback import FeedbackStore
 from storage.files import FileStore
 from storage.idempotency import IdempotencyKeys
+from storage.images import ImageStore, SignedUrls
 from storage.vector_stores import VectorStores
 
 
@@ -60,6 +64,11 @@ class Services:
     safety: SafetyChecks
     # Ratings forwarded to LangSmith when tracing is configured.
     langsmith_feedback: LangSmithFeedback
+    # Images: the image routes' service (graphs/image.py), the stored images (PNGs in data_dir/images) and the
+    # signed URLs of their download route.
+    images: ImageService
+    image_store: ImageStore
+    image_urls: SignedUrls
     redis: Redis | None = None
 
     @classmethod
@@ -88,6 +97,20 @@ class Services:
         files = FileStore(db, settings.data_dir / "files")
         vector_stores = VectorStores(db)
         safety = SafetyChecks.build(settings)
+        image_store = ImageStore(db, settings.data_dir / "images")
+        image_urls = SignedUrls.in_data_dir(
+            settings.data_dir,
+            settings.image_url_secret.get_secret_value() if settings.image_url_secret else None,
+            settings.image_url_ttl_seconds,
+        )
+        image_context = ImageContext(
+            models=ImageRegistry(settings.routes(), chat_routes=[chat.route.name for chat in models]),
+            store=image_store,
+            urls=image_urls,
+            guard=safety.guard,
+            moderation=safety.moderation,
+            max_prompt_chars=settings.image_max_prompt_chars,
+        )
         context = ChatContext(
             models=models,
             store=store,
@@ -141,6 +164,17 @@ class Services:
             feedback=FeedbackStore(db),
             safety=safety,
             langsmith_feedback=LangSmithFeedback(),
+            images=ImageService(
+                build_image_graph(),
+                image_context,
+                store,
+                limiter,
+                metrics,
+                guard_mode=settings.guard_mode,
+                moderation_mode=settings.moderation_mode,
+            ),
+            image_store=image_store,
+            image_urls=image_urls,
             redis=redis,
         )
 
@@ -154,6 +188,7 @@ class Services:
         """What a serving process loads ahead of its first request (not the CLI): Presidio, when PII is redacted."""
         if self.settings.pii_policy or any(app.pii_policy for app in await self.tenants.list_apps()):
             self.safety.warm_up()  # the first redacted answer need not wait for Presidio to load
+        self.images.warm_up()  # local image pipelines load in the background
 
     async def ensure_admin_key(self, secret: str) -> None:
         """Register the configured admin key (idempotent; two workers may race, one wins)."""
@@ -165,6 +200,7 @@ class Services:
 
     async def close(self) -> None:
         await self.chat.drain()
+        await self.images.aclose()
         await self.knowledge_base.close()
         await self.knowledge.close()
         await self.embeddings.aclose()
@@ -186,6 +222,11 @@ class Services:
                     )
                     checks[name] = _probe_model(
                         client, upstream.deployment.base_url, upstream.deployment.resolve_api_key()
+                    )
+            for image in self.images.models:
+                if image.route.base_url:  # a server of OpenAI's Images API; a local pipeline loads when used
+                    checks[f"model:{image.name}"] = _probe_model(
+                        client, image.route.base_url, image.route.resolve_api_key()
                     )
             results = await asyncio.gather(*checks.values(), return_exceptions=True)
         return {

@@ -7,16 +7,17 @@ llama.cpp model, SQLite in the data directory, memory in SQL.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from chains.embeddings import EmbeddingRoute
 from chains.local_model import LOCAL_MODEL_NAME, local_route
 from chains.model_routes import ModelRoute
+from server.gateway.cors import check_origins, parse_origins
 
 GuardMode = Literal["off", "flag", "block"]
 
@@ -74,6 +75,11 @@ class Settings(BaseSettings):
     )
     admin_key: SecretStr | None = None
     metrics_require_admin: bool = Field(False, description="GET /metrics needs an admin key")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="browser origins allowed to call with any app's key, besides each app's own (server/gateway/"
+        "cors.py): a JSON list or comma-separated, e.g. https://app.example.com,http://127.0.0.1:5173; * for all",
+    )
 
     # The knowledge base: files, vector stores, embeddings.
     chroma_url: str | None = Field(None, description="a Chroma server (`chroma run`); embedded in data_dir when unset")
@@ -117,6 +123,25 @@ class Settings(BaseSettings):
         SecretStr(""), description="salt of the PII `hash` action; share it across replicas"
     )
 
+    # Images (graphs/image.py): image routes are model routes with "serves": "images".
+    image_max_prompt_chars: int = Field(4000, ge=1, le=100_000, description="the longest image prompt")
+    image_url_secret: SecretStr | None = Field(
+        None,
+        description="the key that signs image download URLs (HMAC-SHA256); a random one kept in data_dir when unset",
+    )
+    image_url_ttl_seconds: int = Field(3600, ge=60, description="how long a signed image URL works")
+    public_url: str | None = Field(
+        None,
+        description="the platform's URL as clients reach it (behind a proxy), for the links it hands out; the "
+        "request's own URL when unset",
+    )
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _check_cors_origins(cls, value: Any) -> Any:
+        value = parse_origins(value)
+        return check_origins(value) if isinstance(value, list) else value
+
     @model_validator(mode="before")
     @classmethod
     def _merge_config_file(cls, data: Any) -> Any:
@@ -130,6 +155,13 @@ class Settings(BaseSettings):
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: expected a mapping of settings at the top level")
         return {**loaded, **data}
+
+    @model_validator(mode="after")
+    def _distinct_route_names(self) -> Settings:
+        names = [route.name for route in self.model_routes]
+        if twice := sorted({name for name in names if names.count(name) > 1}):
+            raise ValueError(f"model_routes: each route needs a name of its own ({', '.join(twice)} twice)")
+        return self
 
     @model_validator(mode="after")
     def _check_knowledge(self) -> Settings:
@@ -153,20 +185,21 @@ class Settings(BaseSettings):
 
     @property
     def uses_local_model(self) -> bool:
-        """True when no routes are configured: the embedded llama.cpp model serves chat."""
-        return not self.model_routes
+        """True when no chat routes are configured: the embedded llama.cpp model serves chat."""
+        return not any(route.serves == "chat" for route in self.model_routes)
 
     def routes(self) -> list[ModelRoute]:
-        if self.model_routes:
+        """Every route, chat and image; the local model's first when no chat route is configured."""
+        if not self.uses_local_model:
             return list(self.model_routes)
-        return [
-            local_route(
-                base_url=self.local_model_url or "http://127.0.0.1:0/v1",
-                gguf_path=str(self.resolved_local_model_path),
-                context_window=self.local_model_context,
-            )
-        ]
+        local = local_route(
+            base_url=self.local_model_url or "http://127.0.0.1:0/v1",
+            gguf_path=str(self.resolved_local_model_path),
+            context_window=self.local_model_context,
+        )
+        return [local, *self.model_routes]
 
     @property
     def resolved_default_model(self) -> str:
-        return self.default_model or (self.model_routes[0].name if self.model_routes else LOCAL_MODEL_NAME)
+        chat = [route.name for route in self.model_routes if route.serves == "chat"]
+        return self.default_model or (chat[0] if chat else LOCAL_MODEL_NAME)

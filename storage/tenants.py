@@ -57,6 +57,8 @@ class Caller:
     guard_mode: str | None = None
     moderation_mode: str | None = None
     pii_policy: dict | None = None
+    # Browser origins whose pages may read answers to this app's keys (CORS; None: the platform-wide ones only).
+    cors_origins: tuple[str, ...] | None = None
 
     def may_use(self, model: str) -> bool:
         return self.allowed_models is None or model in self.allowed_models
@@ -87,6 +89,7 @@ class TenantStore:
         guard_mode: str | None = None,
         moderation_mode: str | None = None,
         pii_policy: dict | None = None,
+        cors_origins: list[str] | None = None,
     ) -> App:
         app = App(
             id=f"app_{uuid.uuid4().hex[:16]}",
@@ -100,6 +103,7 @@ class TenantStore:
             guard_mode=guard_mode,
             moderation_mode=moderation_mode,
             pii_policy=pii_policy,
+            cors_origins=cors_origins or None,
             created_at=now(),
         )
         try:
@@ -122,11 +126,19 @@ class TenantStore:
 
     async def update_app(self, name_or_id: str, **changes) -> App:
         app = await self.get_app(name_or_id)
+        if "cors_origins" in changes:
+            changes["cors_origins"] = changes["cors_origins"] or None  # [] and None both mean none of its own
         if not changes:  # an empty UPDATE ... SET is invalid SQL
             return app
         async with self.db.session() as session, session.begin():
             await session.execute(update(App).where(App.id == app.id).values(**changes))
         return await self.get_app(app.id)
+
+    async def cors_origins(self) -> set[str]:
+        """Every browser origin some app allows (``*`` among them when one allows all)."""
+        async with self.db.session() as session:
+            lists = (await session.scalars(select(App.cors_origins))).all()
+        return {origin for origins in lists if origins for origin in origins}
 
     # keys
 
@@ -246,4 +258,5 @@ class TenantStore:
             guard_mode=app.guard_mode if app else None,
             moderation_mode=app.moderation_mode if app else None,
             pii_policy=app.pii_policy if app else None,
+            cors_origins=tuple(app.cors_origins) if app and app.cors_origins else None,
         )

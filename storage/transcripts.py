@@ -58,6 +58,7 @@ class TurnRecord:
     # The request's idempotency key, and the reply a retry with it gets (storage.idempotency), stored with the turn.
     idempotency_key: str | None = None
     reply: dict[str, Any] | None = None
+    images: int = 0  # images generated (image requests: storage.images writes their usage with the images)
 
     @classmethod
     def failure(
@@ -111,6 +112,30 @@ def safety_outcome(safety: dict[str, Any] | None) -> str | None:
     if "flagged" in actions or (safety.get("context") or {}).get("flagged"):
         return "flagged"
     return "redacted" if any((safety.get("redactions") or {}).values()) else None
+
+
+def usage_row(turn: TurnRecord, stamp: int) -> dict[str, Any]:
+    """The usage record of a request, as a row of ``usage``: every request's, chat or not, is written from this."""
+    return {
+        "created_at": stamp,
+        "app_id": turn.app_id,
+        "key_prefix": turn.key_prefix,
+        "user": turn.user,
+        "cached": turn.cached,
+        "response_id": turn.response_id,
+        "conversation_id": turn.conversation_id,
+        "model": turn.model,
+        "prompt_tokens": turn.prompt_tokens,
+        "completion_tokens": turn.completion_tokens,
+        "latency_ms": turn.latency_ms,
+        "stream": turn.stream,
+        "status": turn.status,
+        "cost": turn.cost,
+        "safety": without_evidence(turn.safety),
+        "safety_outcome": safety_outcome(turn.safety),
+        "deployment": turn.deployment,
+        "images": turn.images,
+    }
 
 
 @dataclass
@@ -212,6 +237,25 @@ class ConversationStore:
             rows = list((await session.scalars(query.limit(limit + 1))).all())
         return ConversationPage(items=rows[:limit], has_more=len(rows) > limit)
 
+    async def update_conversation(
+        self,
+        conversation_id: str,
+        *,
+        app_id: str,
+        user: str | None = None,
+        changes: dict[str, Any],
+    ) -> Conversation:
+        """Set ``changes`` (``title``, ``meta``) on the app's conversation; 404 for anyone else's."""
+        await self.check_conversation(conversation_id, app_id=app_id, user=user)
+        if changes:
+            async with self.db.session() as session, session.begin():
+                await session.execute(
+                    update(Conversation)
+                    .where(Conversation.id == conversation_id, Conversation.app_id == app_id)
+                    .values(**changes)
+                )
+        return await self.get_conversation(conversation_id, app_id=app_id, user=user)
+
     async def delete_conversation(self, conversation_id: str, *, app_id: str, user: str | None = None) -> None:
         await self.check_conversation(conversation_id, app_id=app_id, user=user)
         async with self.db.session() as session, session.begin():
@@ -295,27 +339,7 @@ class ConversationStore:
                         created_at=stamp,
                     )
                 )
-            await conn.execute(
-                insert(Usage).values(
-                    created_at=stamp,
-                    app_id=turn.app_id,
-                    key_prefix=turn.key_prefix,
-                    user=turn.user,
-                    cached=turn.cached,
-                    response_id=turn.response_id,
-                    conversation_id=turn.conversation_id,
-                    model=turn.model,
-                    prompt_tokens=turn.prompt_tokens,
-                    completion_tokens=turn.completion_tokens,
-                    latency_ms=turn.latency_ms,
-                    stream=turn.stream,
-                    status=turn.status,
-                    cost=turn.cost,
-                    safety=without_evidence(turn.safety),
-                    safety_outcome=safety_outcome(turn.safety),
-                    deployment=turn.deployment,
-                )
-            )
+            await conn.execute(insert(Usage).values(**usage_row(turn, stamp)))
             if turn.idempotency_key is not None:
                 await conn.execute(
                     update(IdempotencyKey)

@@ -1,4 +1,4 @@
-"""Usage reports: the usage table (requests, tokens and cost) summed by day, model, key or app."""
+"""Usage reports: the usage table (requests, tokens, images and cost) summed by day, model, key or app."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ async def usage_summary(db: Database, *, app_id: str | None, start: int, end: in
             func.coalesce(func.sum(Usage.completion_tokens), 0).label("completion_tokens"),
             func.coalesce(func.sum(case((Usage.cached, 1), else_=0)), 0).label("cached_requests"),
             func.coalesce(func.sum(case((Usage.status != "ok", 1), else_=0)), 0).label("failed_requests"),
+            func.coalesce(func.sum(Usage.images), 0).label("images"),
             *(
                 func.coalesce(func.sum(case((Usage.safety_outcome == outcome, 1), else_=0)), 0).label(outcome)
                 for outcome in SAFETY_OUTCOMES
@@ -54,6 +55,7 @@ async def usage_summary(db: Database, *, app_id: str | None, start: int, end: in
             "total_tokens": int(row.prompt_tokens) + int(row.completion_tokens),
             "cached_requests": int(row.cached_requests),
             "failed_requests": int(row.failed_requests),
+            "images": int(row.images),
             "cost": float(row.cost),
             **{f"{outcome}_requests": int(getattr(row, outcome)) for outcome in SAFETY_OUTCOMES},
         }

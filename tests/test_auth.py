@@ -19,13 +19,15 @@ import pytest
 from sqlalchemy import update
 
 from server.gateway.auth import KEY_COOKIE, app_caller, require_admin, require_app, require_chat_app, require_key
+from server.routes.images import image_reader
 from storage.engine import Database
 from storage.tables import ApiKey, Base
 from tests.conftest import ADMIN_KEY
 from tests.test_errors import assert_error
 
-# Open on purpose: liveness/readiness, the API docs, and /metrics (open unless GENAI_METRICS_REQUIRE_ADMIN).
-OPEN_PATHS = {"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc", "/metrics"}
+# Open on purpose: liveness/readiness, the API docs, /metrics (open unless GENAI_METRICS_REQUIRE_ADMIN), and the web
+# UI's page (static; it calls the API with the key a person enters).
+OPEN_PATHS = {"/healthz", "/readyz", "/docs", "/openapi.json", "/redoc", "/metrics", "/"}
 PATH_VALUES = {
     "conversation_id": "conv_0000000000000000",
     "app": "tests",
@@ -34,9 +36,11 @@ PATH_VALUES = {
     "config_hash": "e30",
     "file_path": "index.html",
 }
-# app_caller authenticates an app key whose admission the route makes itself (LangServe counts batch inputs).
+# app_caller authenticates an app key whose admission the route makes itself (LangServe counts batch inputs);
+# image_reader takes an app key, or a signed URL instead (an image's content: tests/test_images.py).
 AUTH_DEPENDENCIES = {
-    require_app: "app", require_chat_app: "app", app_caller: "app", require_key: "any", require_admin: "admin"
+    require_app: "app", require_chat_app: "app", app_caller: "app", require_key: "any", require_admin: "admin",
+    image_reader: "app",
 }  # fmt: skip
 QUESTION = {"messages": [{"type": "human", "content": "What is the capital of France?"}]}
 USER = {"role": "user", "content": "What is the capital of France?"}
@@ -223,6 +227,7 @@ def test_open_routes_need_no_key(server):
         assert client.get("/healthz").status_code == 200
         assert client.get("/readyz").status_code == 200
         assert client.get("/openapi.json").status_code == 200
+        assert client.get("/").status_code == 200
 
 
 def test_unknown_urls_are_404_not_401(server):

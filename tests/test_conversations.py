@@ -299,3 +299,50 @@ def test_conversations_belong_to_the_calling_app(server):
     anonymous = server.http(key="")
     assert anonymous.get("/v1/conversations").status_code == 401
     assert anonymous.post("/v1/conversations", json={}).status_code == 401
+
+
+# ---------------------------------------------------------------- rename (POST /v1/conversations/{id})
+
+
+def test_rename_and_replace_metadata(kb_server):
+    http = kb_server.http()
+    created = create(http, title="Untitled", metadata={"topic": "travel"})
+    conversation_id = created["id"]
+    response = http.post(f"/v1/conversations/{conversation_id}", json={"title": "Trip to Lyon"})
+    assert response.status_code == 200, response.text
+    assert response.json() == {**created, "title": "Trip to Lyon"}  # metadata left out: unchanged
+    assert http.get(f"/v1/conversations/{conversation_id}").json()["title"] == "Trip to Lyon"
+    assert http.get("/v1/conversations").json()["data"][0]["title"] == "Trip to Lyon"
+    replaced = http.post(f"/v1/conversations/{conversation_id}", json={"metadata": {"lang": "fr"}}).json()
+    assert (replaced["title"], replaced["metadata"]) == ("Trip to Lyon", {"lang": "fr"})
+    cleared = http.post(f"/v1/conversations/{conversation_id}", json={"title": None, "metadata": None}).json()
+    assert (cleared["title"], cleared["metadata"]) == (None, {})
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"title": 5}, "title"),
+        ({"title": "x" * 257}, "title"),
+        ({"user": "u"}, "user"),
+        ({"metadata": {"k": 1}}, "metadata.k"),
+    ],
+)
+def test_rename_rejects_invalid_bodies(kb_server, body, param):
+    http = kb_server.http()
+    conversation_id = create(http, title="kept")["id"]
+    assert_error(http.post(f"/v1/conversations/{conversation_id}", json=body), 400, param=param, code="invalid_value")
+    assert http.get(f"/v1/conversations/{conversation_id}").json()["title"] == "kept"
+
+
+def test_another_apps_conversation_cannot_be_renamed(kb_server):
+    mine = kb_server.http()
+    theirs = kb_server.http(key=kb_server.create_key("other-app"))
+    conversation_id = create(mine, title="private")["id"]
+    for response in (
+        theirs.post(f"/v1/conversations/{conversation_id}", json={"title": "mine now"}),
+        mine.post("/v1/conversations/conv_missing", json={"title": "x"}),
+    ):
+        assert_error(response, 404, param="conversation_id", code="not_found")
+    assert mine.get(f"/v1/conversations/{conversation_id}").json()["title"] == "private"
+    assert kb_server.http(key="").post(f"/v1/conversations/{conversation_id}", json={"title": "x"}).status_code == 401

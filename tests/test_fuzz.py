@@ -18,6 +18,7 @@ from schemathesis.specs.openapi.checks import content_type_conformance, response
 from chains.model_routes import ModelRoute
 from server.settings import Settings
 from tests.conftest import ADMIN_KEY, LiveServer
+from tests.image_server import image_route, serve_image_server
 from tests.mock_upstream import REPLY
 
 pytestmark = pytest.mark.slow
@@ -29,11 +30,20 @@ MAX_EXAMPLES = 15  # per operation and phase; the whole file stays well under a 
 
 
 @pytest.fixture(scope="module")
-def fuzzed_server(mock_upstream, tmp_path_factory) -> Iterator[LiveServer]:
+def image_upstream() -> Iterator[str]:
+    with serve_image_server() as base_url:
+        yield base_url
+
+
+@pytest.fixture(scope="module")
+def fuzzed_server(mock_upstream, image_upstream, tmp_path_factory) -> Iterator[LiveServer]:
     settings = Settings(
         _env_file=None,
         data_dir=tmp_path_factory.mktemp("fuzz") / "data",
-        model_routes=[ModelRoute(name="mock", base_url=mock_upstream, max_retries=0, timeout=10)],
+        model_routes=[
+            ModelRoute(name="mock", base_url=mock_upstream, max_retries=0, timeout=10),
+            image_route("images", image_upstream),  # real PNGs: POST /v1/images/generations answers 200, not 503
+        ],
         admin_key=ADMIN_KEY,
     )
     server = LiveServer(settings).start()
@@ -120,6 +130,7 @@ USER = {"role": "user", "content": "Hello"}
         ("GET", "/v1/models/mock", None),
         ("POST", "/v1/embeddings", {"model": "all-MiniLM-L6-v2", "input": ["Hello", "World"]}),
         ("POST", "/v1/vector_stores", {"name": "fuzz", "metadata": {"kind": "test"}}),
+        ("POST", "/v1/images/generations", {"prompt": "A red square", "n": 2, "response_format": "b64_json"}),
         ("POST", "/chat/invoke", {"input": {"messages": [HUMAN]}}),
         ("POST", "/chat/batch", {"inputs": [{"messages": [HUMAN]}]}),
         pytest.param(

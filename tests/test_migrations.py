@@ -28,7 +28,7 @@ from tests.postgres import fresh_postgres_database
 
 TABLES = {
     "alembic_version", "apps", "api_keys", "conversations", "messages", "usage", "files", "vector_stores",
-    "vector_store_files", "feedback", "stored_completions", "idempotency_keys",
+    "vector_store_files", "feedback", "stored_completions", "idempotency_keys", "images",
 }  # fmt: skip
 
 

@@ -22,6 +22,7 @@ EXCEPTIONS = {
     r"^/chat/": "LangServe's routes, mounted and documented by the library",
     r"^/metrics$": "Prometheus text, not JSON (and left out of the document)",
     r"^/v1/files/\{file_id\}/content$": "the uploaded file's bytes, not JSON (documented as application/octet-stream)",
+    r"^/v1/images/\{image_id\}/content$": "the image's PNG, not JSON (documented as image/png)",
 }
 
 

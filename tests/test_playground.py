@@ -4,15 +4,16 @@ server-side conversation. A screenshot is saved in .cache/screenshots/ to look a
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+from storage.tables import Usage
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -103,12 +104,7 @@ THUMBS = "div.mb-8.group div.mt-2.flex.items-center span.mr-2 button"  # the ans
 
 def test_the_playground_thumbs_rate_the_answer_in_the_feedback_store(browser, server):
     page = open_playground(browser, server)
-    # The answer's run id, as LangServe streams it: the first op of /chat/stream_log sets the run's state, id included.
-    with page.expect_response(lambda response: response.url.endswith("/chat/stream_log")) as streamed:
-        ask(page, QUESTION)
-    first_op = next(line for line in streamed.value.text().splitlines() if line.startswith("data: "))
-    run_id = uuid.UUID(json.loads(first_op[len("data: ") :])["ops"][0]["value"]["id"])
-    response_id = f"chatcmpl-{run_id.hex}"
+    ask(page, QUESTION)
     thumbs = page.locator(THUMBS)
     thumbs.first.wait_for()
     assert thumbs.count() == 2
@@ -125,7 +121,14 @@ def test_the_playground_thumbs_rate_the_answer_in_the_feedback_store(browser, se
             rows = http.get("/v1/feedback").json()["data"]
         return [(row["response_id"], row["score"]) for row in rows]
 
-    assert rate(0) == {"run_id": str(run_id), "key": "correctness", "score": 1}
+    # The page rates the answer's run (LangServe's run id, which the answer's response id is made of).
+    first = rate(0)
+    run_id = uuid.UUID(first["run_id"])
+    response_id = f"chatcmpl-{run_id.hex}"
+    assert first == {"run_id": str(run_id), "key": "correctness", "score": 1}
+    with ThreadPoolExecutor(1) as thread:  # Playwright's sync API keeps an event loop running in this one
+        usage = thread.submit(server.rows, Usage.__table__).result()
+    assert [row["response_id"] for row in usage] == [response_id]  # the answer's own id
     assert stored() == [(response_id, 1.0)]
     page.locator(f"{THUMBS} svg.stroke-teal-500").wait_for()  # the page shows the thumb up as given
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ from langgraph.runtime import Runtime
 from chains.output_stage import OutputBlocked, OutputFilter, OutputStage
 from chains.safety.pii_policy import PiiPolicy
 from errors import ContentPolicyViolation
-from graphs.chat.context import ChatContext
+from graphs.chat.context import ChatContext, InputGuard
 from graphs.chat.state import ChatState
 
 # Screening longer text than this runs in a worker thread: the rules take about 0.1 ms for a short message, and
@@ -48,20 +48,29 @@ async def guard_input(state: ChatState, runtime: Runtime[ChatContext]) -> dict[s
     text = screened_text(state["messages"])
     if guard is None or not text:
         return {}
+    return {"safety": await screen_input(guard, text, state.get("guard_mode", "off"), state.get("safety"))}
+
+
+async def screen_input(
+    guard: InputGuard, text: str, mode: str, safety: dict[str, Any] | None, *, param: str = "messages"
+) -> dict[str, Any]:
+    """``safety`` with the input guard's verdict on ``text``; in ``block`` mode a flagged text is refused (400
+    ``content_policy_violation`` naming ``param``). The image graph screens its prompts with this too."""
     if len(text) <= INLINE_SCREEN_CHARS and guard.detector == "rules":
         verdict = guard.screen(text)
     else:  # a classifier model, or much text: off the event loop
         verdict = await asyncio.to_thread(guard.screen, text)
-    blocked = verdict.flagged and state.get("guard_mode") == "block"
+    blocked = verdict.flagged and mode == "block"
     action = "blocked" if blocked else "flagged" if verdict.flagged else "allowed"
-    safety = {**(state.get("safety") or {}), "input": {**verdict.as_dict(), "action": action}}
+    safety = {**(safety or {}), "input": {**verdict.as_dict(), "action": action}}
     if blocked:
         raise ContentPolicyViolation(
             "Your request was rejected by the platform's input guard: it looks like a prompt injection or jailbreak "
             f"attempt ({', '.join(verdict.categories) or 'injection'}).",
             safety=safety,
+            param=param,
         )
-    return {"safety": safety}
+    return safety
 
 
 async def screen_passages(state: ChatState, context: ChatContext, texts: Sequence[str]) -> tuple[list[bool], dict]:

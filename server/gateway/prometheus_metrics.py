@@ -31,6 +31,7 @@ from errors import APIError
 
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+IMAGE_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 
 
 def multiprocess_mode() -> bool:
@@ -53,6 +54,9 @@ class _Instruments:
     fallbacks: Counter
     breaker_state: Gauge
     breaker_transitions: Counter
+    images: Counter
+    image_seconds: Histogram
+    image_errors: Counter
 
 
 def _instruments(registry: CollectorRegistry | None) -> _Instruments:
@@ -141,6 +145,20 @@ def _instruments(registry: CollectorRegistry | None) -> _Instruments:
             ["route", "deployment", "state"],
             registry=registry,
         ),
+        images=Counter("genai_images_generated", "Images generated, by model.", ["model"], registry=registry),
+        image_seconds=Histogram(
+            "genai_image_generation_seconds",
+            "Image requests that succeeded: time from the request to the stored images, by model.",
+            ["model"],
+            buckets=IMAGE_BUCKETS,
+            registry=registry,
+        ),
+        image_errors=Counter(
+            "genai_image_errors",
+            "Image requests that failed, by model and error code (content_policy_violation, timeout, ...).",
+            ["model", "code"],
+            registry=registry,
+        ),
     )
 
 
@@ -219,6 +237,13 @@ class Metrics:
 
     def model_error(self, model: str, code: str | None) -> None:
         self._m.model_errors.labels(model, code or "unknown").inc()
+
+    def images_generated(self, model: str, count: int, seconds: float) -> None:
+        self._m.images.labels(model).inc(count)
+        self._m.image_seconds.labels(model).observe(seconds)
+
+    def image_failed(self, model: str, code: str) -> None:
+        self._m.image_errors.labels(model, code).inc()
 
     def chat(self, model: str | None, started_at: float) -> ChatRecorder:
         """A recorder for one chat request (the model is the one asked for; the route's name once known)."""

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictStr, field_validator
+from fastapi import APIRouter, Query, Request
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictStr, field_validator
 
 from errors import InvalidRequest
 from server.deps import AdminCaller, ServicesDep
+from server.gateway.cors import check_origin
 from server.schemas import ApiKey, ApiKeyCreated, ApiKeyList, App, AppList
 from storage import tables
 
@@ -23,6 +24,16 @@ Mode = Literal["off", "flag", "block"]
 GUARD_HELP = "input guard: off, flag (answer and record the verdict) or block (400); null: the deployment's default"
 MODERATION_HELP = "answer moderation: off, flag or block (finish reason content_filter); null: the default"
 PII_HELP = 'PII redaction of answers, {"entities": [...], "action": "replace" | "mask" | "hash"}; null: the default'
+# A browser origin, as browsers send it (normalised: lower case, no default port); "*" for every origin.
+Origin = Annotated[StrictStr, AfterValidator(check_origin)]
+CORS_HELP = (
+    "browser origins (scheme://host[:port], e.g. https://app.example.com; * for all) whose pages may call with the "
+    "app's keys, besides GENAI_CORS_ORIGINS; null or [] for none"
+)
+
+
+def _distinct(origins: list[str] | None) -> list[str] | None:
+    return list(dict.fromkeys(origins)) if origins else None
 
 
 class AppCreate(BaseModel):
@@ -38,6 +49,9 @@ class AppCreate(BaseModel):
     guard_mode: Mode | None = Field(None, description=GUARD_HELP)
     moderation_mode: Mode | None = Field(None, description=MODERATION_HELP)
     pii_policy: dict[str, Any] | None = Field(None, description=PII_HELP)
+    cors_origins: list[Origin] | None = Field(None, max_length=100, description=CORS_HELP)
+
+    _cors = field_validator("cors_origins")(_distinct)
 
     @field_validator("name")
     @classmethod
@@ -59,6 +73,9 @@ class AppUpdate(BaseModel):
     guard_mode: Mode | None = Field(None, description=GUARD_HELP)
     moderation_mode: Mode | None = Field(None, description=MODERATION_HELP)
     pii_policy: dict[str, Any] | None = Field(None, description=PII_HELP)
+    cors_origins: list[Origin] | None = Field(None, max_length=100, description=CORS_HELP)
+
+    _cors = field_validator("cors_origins")(_distinct)
 
 
 class KeyCreate(BaseModel):
@@ -110,9 +127,11 @@ def _checked_policy(services, body: AppCreate | AppUpdate) -> dict[str, Any]:
 
 
 @router.post("/apps")
-async def create_app(body: AppCreate, _: AdminCaller, services: ServicesDep) -> App:
+async def create_app(body: AppCreate, _: AdminCaller, services: ServicesDep, request: Request) -> App:
     _check_models(services, body.allowed_models)
-    return app_object(await services.tenants.create_app(**_checked_policy(services, body)))
+    created = await services.tenants.create_app(**_checked_policy(services, body))
+    _forget_cors(request)
+    return app_object(created)
 
 
 @router.get("/apps")
@@ -126,11 +145,18 @@ async def retrieve_app(app: str, _: AdminCaller, services: ServicesDep) -> App:
 
 
 @router.patch("/apps/{app}")
-async def update_app(app: str, body: AppUpdate, _: AdminCaller, services: ServicesDep) -> App:
+async def update_app(app: str, body: AppUpdate, _: AdminCaller, services: ServicesDep, request: Request) -> App:
     _check_models(services, body.allowed_models)
     updated = await services.tenants.update_app(app, **_checked_policy(services, body))
     services.auth.forget()
+    _forget_cors(request)
     return app_object(updated)
+
+
+def _forget_cors(request: Request) -> None:
+    """Preflights of this process see an app's new origins at once (server/gateway/cors.py)."""
+    if (policy := getattr(request.app.state, "cors", None)) is not None:
+        policy.forget()
 
 
 @router.post("/keys")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from server.deps import AppCaller, ServicesDep
 from server.schemas import (
@@ -22,6 +23,15 @@ from storage import tables
 from storage.message_records import openai_tool_call
 
 router = APIRouter(prefix="/v1/conversations", tags=["conversations"])
+
+
+class ConversationUpdate(BaseModel):
+    """The fields to change; a field left out stays as it is (`title: null` removes the title)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    title: StrictStr | None = Field(None, max_length=256)
+    metadata: dict[str, StrictStr] | None = Field(None, max_length=16, description="replaces the metadata whole")
 
 
 def conversation_object(conversation: tables.Conversation) -> Conversation:
@@ -82,6 +92,24 @@ async def retrieve_conversation(
     return ConversationWithMessages(
         **conversation_object(conversation).model_dump(), messages=[message_object(m) for m in messages]
     )
+
+
+@router.post("/{conversation_id}")
+async def update_conversation(
+    conversation_id: str,
+    body: ConversationUpdate,
+    caller: AppCaller,
+    services: ServicesDep,
+    user: Annotated[str | None, Query(max_length=256)] = None,
+) -> Conversation:
+    """Rename a conversation, or replace its metadata (OpenAI's update of a conversation)."""
+    changes = {"title" if name == "title" else "meta": getattr(body, name) for name in body.model_fields_set}
+    if "meta" in changes:
+        changes["meta"] = changes["meta"] or {}
+    conversation = await services.store.update_conversation(
+        conversation_id, app_id=caller.app_id, user=user, changes=changes
+    )
+    return conversation_object(conversation)
 
 
 @router.delete("/{conversation_id}")

@@ -1,11 +1,14 @@
-"""GET /v1/models and /v1/models/{id}: the configured model routes, and the embedding model (``type: "embedding"``)."""
+"""GET /v1/models and /v1/models/{id}: the configured chat routes, the image routes (``type: "image"``, when there are
+any) and the embedding model (``type: "embedding"``)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
+from chains.images import ImageModel
 from chains.model_routes import ChatModel
 from server.deps import AnyCaller, ServicesDep
+from server.image_schemas import ImageModelObject
 from server.knowledge_schemas import EmbeddingModelObject
 from server.schemas import Model, ObjectList
 from server.services import Services
@@ -16,13 +19,25 @@ router = APIRouter(prefix="/v1", tags=["models"])
 _CREATED = 1_700_000_000
 
 
-class ModelCatalog(ObjectList[Model | EmbeddingModelObject]):
-    """The chat routes, then the embedding model."""
+class ModelCatalog(ObjectList[Model | ImageModelObject | EmbeddingModelObject]):
+    """The chat routes, the image routes, then the embedding model."""
 
 
 def embedding_model_object(services: Services) -> EmbeddingModelObject:
     model = services.embeddings
     return EmbeddingModelObject(id=model.name, created=_CREATED, owned_by=model.owned_by, **model.describe())
+
+
+def image_model_object(image: ImageModel) -> ImageModelObject:
+    route = image.route
+    return ImageModelObject(
+        id=route.name,
+        created=_CREATED,
+        owned_by=route.owned_by,
+        provider=route.image_provider_kind,
+        sizes=image.sizes,
+        max_images=route.image_max_n,
+    )
 
 
 def model_object(chat: ChatModel) -> Model:
@@ -42,12 +57,17 @@ def model_object(chat: ChatModel) -> Model:
 async def list_models(caller: AnyCaller, services: ServicesDep) -> ModelCatalog:
     """The routes this key's app may use (all of them for an admin key), and the embedding model when it may."""
     chat = [model_object(c) for c in services.models if caller.may_use(c.route.name)]
+    images = [image_model_object(image) for image in services.images.models if caller.may_use(image.name)]
     embedding = [embedding_model_object(services)] if caller.may_use(services.embeddings.name) else []
-    return ModelCatalog(data=[*chat, *embedding])
+    return ModelCatalog(data=[*chat, *images, *embedding])
 
 
 @router.get("/models/{model_id:path}")
-async def retrieve_model(model_id: str, caller: AnyCaller, services: ServicesDep) -> Model | EmbeddingModelObject:
+async def retrieve_model(
+    model_id: str, caller: AnyCaller, services: ServicesDep
+) -> Model | ImageModelObject | EmbeddingModelObject:
+    if model_id in services.images.models and caller.may_use(model_id):
+        return image_model_object(services.images.models.get(model_id))
     if model_id == services.embeddings.name and model_id not in services.models and caller.may_use(model_id):
         return embedding_model_object(services)
     return model_object(services.models.get(model_id, allowed=caller.allowed_models))
