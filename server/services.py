@@ -37,6 +37,7 @@ from storage.feedback import FeedbackStore
 from storage.files import FileStore
 from storage.idempotency import IdempotencyKeys
 from storage.images import ImageStore, SignedUrls
+from storage.object_store import DiskObjectStore, ObjectStore, S3ObjectStore, parse_s3_url
 from storage.vector_stores import VectorStores
 
 
@@ -64,8 +65,8 @@ class Services:
     safety: SafetyChecks
     # Ratings forwarded to LangSmith when tracing is configured.
     langsmith_feedback: LangSmithFeedback
-    # Images: the image routes' service (graphs/image.py), the stored images (PNGs in data_dir/images) and the
-    # signed URLs of their download route.
+    # Images: the image routes' service (graphs/image.py), the stored images (PNGs in data_dir/images, or in an S3
+    # bucket: image_objects) and the signed URLs of their download route.
     images: ImageService
     image_store: ImageStore
     image_urls: SignedUrls
@@ -97,7 +98,7 @@ class Services:
         files = FileStore(db, settings.data_dir / "files")
         vector_stores = VectorStores(db)
         safety = SafetyChecks.build(settings)
-        image_store = ImageStore(db, settings.data_dir / "images")
+        image_store = ImageStore(db, image_objects(settings))
         image_urls = SignedUrls.in_data_dir(
             settings.data_dir,
             settings.image_url_secret.get_secret_value() if settings.image_url_secret else None,
@@ -201,6 +202,7 @@ class Services:
     async def close(self) -> None:
         await self.chat.drain()
         await self.images.aclose()
+        await self.image_store.objects.aclose()
         await self.knowledge_base.close()
         await self.knowledge.close()
         await self.embeddings.aclose()
@@ -228,11 +230,33 @@ class Services:
                     checks[f"model:{image.name}"] = _probe_model(
                         client, image.route.base_url, image.route.resolve_api_key()
                     )
+            if self.settings.image_store_url:  # the bucket (a directory in the data dir needs no check)
+                checks["image_store"] = self.image_store.objects.check()
             results = await asyncio.gather(*checks.values(), return_exceptions=True)
         return {
             name: "ok" if not isinstance(result, BaseException) else f"{type(result).__name__}: {result}"[:200]
             for name, result in zip(checks, results)
         }
+
+
+def image_objects(settings: Settings) -> ObjectStore:
+    """Where generated images are kept: the bucket of ``GENAI_IMAGE_STORE_URL``, else ``<data dir>/images``."""
+    if not settings.image_store_url:
+        return DiskObjectStore(settings.data_dir / "images")
+    bucket, prefix = parse_s3_url(settings.image_store_url)
+    access_key_id, secret_access_key = settings.s3_credentials()
+    return S3ObjectStore(
+        bucket,
+        prefix,
+        endpoint_url=settings.s3_endpoint_url,
+        region=settings.s3_region,
+        access_key_id=access_key_id,
+        secret_access_key=secret_access_key,
+        addressing_style=settings.s3_addressing_style,
+        connect_timeout=settings.s3_connect_timeout_seconds,
+        read_timeout=settings.s3_read_timeout_seconds,
+        max_attempts=settings.s3_max_attempts,
+    )
 
 
 async def _probe_model(client: httpx.AsyncClient, base_url: str, api_key: str) -> None:

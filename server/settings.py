@@ -6,6 +6,8 @@ llama.cpp model, SQLite in the data directory, memory in SQL.
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -130,6 +132,30 @@ class Settings(BaseSettings):
         description="the key that signs image download URLs (HMAC-SHA256); a random one kept in data_dir when unset",
     )
     image_url_ttl_seconds: int = Field(3600, ge=60, description="how long a signed image URL works")
+    # Where the PNGs are kept (storage/object_store.py): data_dir/images, or S3-compatible object storage.
+    image_store_url: str | None = Field(
+        None,
+        description="s3://BUCKET/PREFIX: keep generated images in S3-compatible object storage (the [s3] extra); "
+        "files under data_dir/images when unset",
+    )
+    s3_endpoint_url: str | None = Field(
+        None, description="the S3 API's URL for MinIO, Ceph, R2, ... (e.g. http://minio:9000); AWS S3 when unset"
+    )
+    s3_region: str | None = Field(None, description="the bucket's region; AWS_REGION / AWS_DEFAULT_REGION when unset")
+    s3_access_key_id_env: str | None = Field(
+        None,
+        description="environment variable holding the access key id; boto3's own lookup (AWS_ACCESS_KEY_ID, "
+        "AWS_PROFILE, instance roles, ...) when unset",
+    )
+    s3_secret_access_key_env: str | None = Field(
+        None, description="environment variable holding the secret access key (set with s3_access_key_id_env)"
+    )
+    s3_addressing_style: Literal["auto", "path", "virtual"] = Field(
+        "auto", description="bucket in the path or in the host name; auto: path with s3_endpoint_url, else boto3's"
+    )
+    s3_connect_timeout_seconds: float = Field(3.0, gt=0, description="connecting to the S3 endpoint")
+    s3_read_timeout_seconds: float = Field(10.0, gt=0, description="waiting for each answer of the S3 endpoint")
+    s3_max_attempts: int = Field(3, ge=1, le=10, description="attempts of each S3 call (boto3's standard retries)")
     public_url: str | None = Field(
         None,
         description="the platform's URL as clients reach it (behind a proxy), for the links it hands out; the "
@@ -174,6 +200,43 @@ class Settings(BaseSettings):
                     f"chroma_url must be an http(s) URL such as http://127.0.0.1:8001: {self.chroma_url!r}"
                 )
         return self
+
+    @model_validator(mode="after")
+    def _check_image_store(self) -> Settings:
+        if not self.image_store_url:  # unset or empty: the data directory
+            return self
+        from storage.object_store import parse_s3_url
+
+        try:
+            parse_s3_url(self.image_store_url)
+        except ValueError as exc:
+            raise ValueError(f"image_store_url: {exc}") from None
+        if importlib.util.find_spec("boto3") is None:
+            raise ValueError("image_store_url: S3 needs boto3: pip install 'genai-platform[s3]'")
+        if self.s3_endpoint_url is not None:
+            parts = urlsplit(self.s3_endpoint_url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(
+                    f"s3_endpoint_url must be an http(s) URL such as http://minio:9000: {self.s3_endpoint_url!r}"
+                )
+            if parts.username or parts.password:
+                raise ValueError(
+                    "s3_endpoint_url takes no credentials: use AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or name "
+                    "variables with s3_access_key_id_env and s3_secret_access_key_env"
+                )
+        names = (self.s3_access_key_id_env, self.s3_secret_access_key_env)
+        if (names[0] is None) != (names[1] is None):
+            raise ValueError("s3_access_key_id_env and s3_secret_access_key_env go together: set both or neither")
+        for name in names:
+            if name is not None and not os.environ.get(name):
+                raise ValueError(f"the environment variable {name} (named by a GENAI_S3_*_ENV setting) is not set")
+        return self
+
+    def s3_credentials(self) -> tuple[str | None, str | None]:
+        """The access key id and secret from the variables the settings name; (None, None): boto3's own lookup."""
+        if self.s3_access_key_id_env is None or self.s3_secret_access_key_env is None:
+            return None, None
+        return os.environ.get(self.s3_access_key_id_env), os.environ.get(self.s3_secret_access_key_env)
 
     @property
     def resolved_database_url(self) -> str:

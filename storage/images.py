@@ -1,9 +1,13 @@
-"""Generated images: a row in ``images`` and the PNG under ``<data dir>/images/<app id>/<image id>.png``; and the
-signed, expiring URLs that let a browser fetch one without the app's key.
+"""Generated images: a row in ``images`` and the PNG in an object store under the row's ``storage_key``
+(``<app id>/<image id>.png``): by default files under ``<data dir>/images``, or objects in S3-compatible storage
+when ``GENAI_IMAGE_STORE_URL`` names a bucket (``storage.object_store``); and the signed, expiring URLs that let a
+browser fetch one without the app's key.
 
 Every query is scoped to the caller's app: another app's image id is a 404, exactly like one that does not exist.
-A request's images and its usage record are written in one transaction, after their PNGs (written to a temporary
-name and renamed); when the transaction fails, the PNGs are removed again.
+A request's images and its usage record are written in one transaction, after their PNGs are stored (on disk:
+written to a temporary name and renamed); when storing or the transaction fails, the PNGs are removed again, so
+no row ever names a PNG that was not stored. An object store that cannot be reached is a 503 naming the image store.
+Deleting an image deletes its PNG, then its row: a store that is down leaves both (503), to be deleted again.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from sqlalchemy import delete, insert, select
 
 from errors import NotFound, PermissionDenied
 from storage.engine import Database
+from storage.object_store import DiskObjectStore, ObjectMissing, ObjectStore, StoreUnavailable
 from storage.pagination import Cursor, Order, Page, fetch_page, new_id
 from storage.tables import Image, Usage, now
 from storage.transcripts import TurnRecord, usage_row
@@ -45,12 +50,11 @@ class NewImage:
 
 
 class ImageStore:
-    def __init__(self, db: Database, root: Path) -> None:
-        self.db = db
-        self.root = root
+    """The rows of the ``images`` table, and their PNGs in ``objects`` (a directory, or an S3 bucket)."""
 
-    def path_of(self, image: Image) -> Path:
-        return self.root / image.storage_key
+    def __init__(self, db: Database, objects: ObjectStore | Path) -> None:
+        self.db = db
+        self.objects = DiskObjectStore(objects) if isinstance(objects, Path) else objects
 
     async def save(
         self, images: Sequence[NewImage], *, app_id: str, user: str | None, model: str, prompt: str, usage: TurnRecord
@@ -75,18 +79,56 @@ class ImageStore:
                     created_at=stamp,
                 )  # fmt: skip
             )
-        paths = [self.path_of(row) for row in rows]
+        # Each PNG's key once its upload has ended, with what went wrong (None: stored).
+        outcomes: dict[str, BaseException | None] = {}
+        # The uploads run to their end even when the request is cancelled, so that the clean-up comes after them.
+        upload = asyncio.ensure_future(self._put_all(rows, [image.png for image in images], outcomes))
         try:
-            await asyncio.to_thread(_write_all, paths, [image.png for image in images])
+            await asyncio.shield(upload)
             usage.images = len(rows)
             async with self.db.engine.begin() as conn:
                 if rows:
                     await conn.execute(insert(Image), [_values(row) for row in rows])
                 await conn.execute(insert(Usage).values(**usage_row(usage, stamp)))
         except BaseException:
-            await asyncio.shield(asyncio.to_thread(_unlink_all, paths))
+            await asyncio.shield(self._discard(upload, outcomes))
             raise
         return rows
+
+    async def _put_all(self, rows: Sequence[Image], blobs: Sequence[bytes], outcomes: dict) -> None:
+        """Every PNG, at once; the first failure once all are done (none still running for the clean-up to miss)."""
+
+        async def put(key: str, data: bytes) -> None:
+            try:
+                await self.objects.put(key, data, content_type="image/png")
+            except BaseException as exc:
+                outcomes[key] = exc
+                raise
+            outcomes[key] = None
+
+        results = await asyncio.gather(
+            *(put(row.storage_key, data) for row, data in zip(rows, blobs, strict=True)), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    async def _discard(self, upload: asyncio.Future, outcomes: dict[str, BaseException | None]) -> None:
+        """Remove what a failed ``save`` stored, once its uploads have ended. Not the PNGs the store itself failed
+        to take (it is down: a delete would only wait for it again). A failure here is logged, not raised: the
+        request's own error is what the client must see."""
+        try:
+            await upload
+        except BaseException:
+            pass
+        for key, failure in outcomes.items():
+            if isinstance(failure, StoreUnavailable):
+                log.warning("the image store may keep %s, whose upload failed: %s", key, failure)
+                continue
+            try:
+                await self.objects.delete(key)
+            except Exception as exc:
+                log.warning("could not remove %s from the image store after a failed save: %s", key, exc)
 
     async def get(self, app_id: str, image_id: str, *, param: str = "image_id") -> Image:
         async with self.db.session() as session:
@@ -122,36 +164,23 @@ class ImageStore:
 
     async def read(self, image: Image) -> bytes:
         try:
-            return await asyncio.to_thread(self.path_of(image).read_bytes)
-        except FileNotFoundError:
+            return await self.objects.get(image.storage_key)
+        except ObjectMissing:
             raise NotFound(f"The content of image {image.id} is gone (it was deleted).", param="image_id") from None
 
     async def delete(self, app_id: str, image_id: str) -> None:
-        """Remove the row, then the PNG."""
+        """Remove the PNG, then the row (an object store that is down leaves both: 503, and the image can be
+        deleted again)."""
         image = await self.get(app_id, image_id)
+        await self.objects.delete(image.storage_key)
         async with self.db.session() as session, session.begin():
             result = await session.execute(delete(Image).where(Image.id == image_id, Image.app_id == app_id))
         if result.rowcount == 0:  # deleted by a request running at the same time
             raise NotFound(f"No image found with id '{image_id}'.", param="image_id")
-        await asyncio.to_thread(_unlink_all, [self.path_of(image)])
 
 
 def _values(row: Image) -> dict:
     return {column.key: getattr(row, column.key) for column in Image.__table__.columns}
-
-
-def _write_all(paths: Sequence[Path], blobs: Sequence[bytes]) -> None:
-    for path, data in zip(paths, blobs, strict=True):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".partial")
-        partial.write_bytes(data)
-        os.replace(partial, path)
-
-
-def _unlink_all(paths: Sequence[Path]) -> None:
-    for path in paths:
-        path.unlink(missing_ok=True)
-        path.with_name(path.name + ".partial").unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- signed URLs

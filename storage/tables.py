@@ -136,8 +136,8 @@ class Usage(Base):
 
 
 class Image(Base):
-    """A generated image: its PNG is in the image store (the data dir, by ``storage_key``), this row says whose it is
-    and how it was made (migration 0008)."""
+    """A generated image: its PNG is in the image store (the data dir or an S3 bucket, by ``storage_key``), this row
+    says whose it is and how it was made (migration 0008)."""
 
     __tablename__ = "images"
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from playwright.sync_api import expect
 
 from chains.local_model import local_route
 from chains.model_routes import ModelRoute
@@ -412,7 +413,7 @@ def test_the_stop_button_ends_a_slow_answer(ui, ui_server):
     person.shot("streaming")
     stop.click()
     answer.get_by_text("Stopped. This answer was not saved in the conversation.").wait_for()
-    assert page.get_by_role("button", name="Send").is_visible()
+    expect(page.get_by_role("button", name="Send")).to_be_visible()
     assert "59" not in answer.locator(".content").inner_text()  # cut short
     assert answer.locator(".thumbs").count() == 0  # nothing to rate: the answer was not saved
     person.shot("stopped")
@@ -518,8 +519,8 @@ def test_a_bad_key_is_refused_with_a_clear_message(ui, ui_server):
     assert page.locator("#key-dialog").is_visible()
     person.shot("key-refused")
     person.enter_key(ui_server.key)
+    page.locator("#key-dialog").wait_for(state="hidden")  # closed once the key is checked
     page.get_by_role("heading", name="Start a conversation").wait_for()
-    assert not page.locator("#key-dialog").is_visible()
     # A key that stops working later (revoked, here: replaced in storage) brings the dialog back with the reason.
     page.evaluate("() => localStorage.setItem('genai.apiKey', 'sk-revoked-0123456789abcdef')")
     page.reload()
@@ -640,9 +641,10 @@ def test_the_main_flow_by_keyboard_alone(ui, ui_server):
     # Arrow keys move between the tabs.
     page.get_by_role("tab", name="Chat").focus()
     kb.press("ArrowRight")
-    assert focused(page) == "button:Knowledge" and page.locator("#panel-knowledge").is_visible()
+    expect(page.locator("#panel-knowledge")).to_be_visible()
+    assert focused(page) == "button:Knowledge"
     kb.press("ArrowLeft")
-    assert page.locator("#panel-chat").is_visible()
+    expect(page.locator("#panel-chat")).to_be_visible()
 
     # The skip link goes to the message box; Shift+Enter adds a line, Enter sends.
     page.locator(".skip-link").focus()

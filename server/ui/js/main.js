@@ -167,10 +167,10 @@ function fillStoreSelect() {
     options.push(option);
   };
   if (fallback) {
-    add("", `App default (${fallback.name || fallback.id})`);
-    add("none", "None");
+    add("", `Documents: ${fallback.name || fallback.id} (app default)`);
+    add("none", "No documents");
   } else {
-    add("", "None");
+    add("", "No documents");
   }
   for (const store of stores) add(store.id, store.name || store.id);
   els.storeSelect.replaceChildren(...options);
