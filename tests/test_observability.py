@@ -352,3 +352,21 @@ def test_genai_serve_with_workers_logs_json_and_aggregates_metrics(tmp_path, lla
     assert all(r["route"] == "/healthz" and r["status"] == 200 for r in access)
     assert any(r["logger"].startswith("uvicorn") for r in records), "uvicorn's own lines go through the JSON formatter"
     assert ADMIN_KEY not in log_path.read_text()
+
+
+def test_a_client_that_leaves_before_the_answer_is_logged_as_499(live_server, mock_upstream, json_lines):
+    """Not as a 500: the platform did nothing wrong (a body cut short, the connection closed)."""
+    import socket
+
+    from chains.model_routes import ModelRoute
+
+    server = live_server(model_routes=[ModelRoute(name="mock", base_url=mock_upstream)])
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Request-ID: left-early\r\n"
+            + f"Authorization: Bearer {server.key}\r\n".encode()
+            + b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"model\":"
+        )
+        time.sleep(0.3)
+    line = access_line(json_lines, "left-early")
+    assert line["status"] == 499

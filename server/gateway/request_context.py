@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from server.gateway.prometheus_metrics import Metrics
 
 REQUEST_ID_HEADER = b"x-request-id"
+CLIENT_CLOSED_REQUEST = 499
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -70,19 +71,29 @@ class RequestContext:
         token = _request_id.set(request_id)
         scope.setdefault("state", {})["request_id"] = request_id
         header = (REQUEST_ID_HEADER, request_id.encode("ascii"))
+        # The status of the access log and the metrics: the response's; 499 (nginx's "client closed request") when
+        # the client left before one was sent; 500 when the app sent none otherwise.
         status = 500
+        responded = False
         started = time.perf_counter()
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, responded
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, responded = message["status"], True
                 headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != REQUEST_ID_HEADER]
                 message = {**message, "headers": [*headers, header]}
             await send(message)
 
+        async def receive_watching() -> Message:
+            nonlocal status
+            message = await receive()
+            if message["type"] == "http.disconnect" and not responded:
+                status = CLIENT_CLOSED_REQUEST
+            return message
+
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive_watching, send_with_id)
         except BaseException:
             self._record(scope, status, time.perf_counter() - started)
             raise  # the id stays set: the server's own error line for this request carries it too
