@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -294,6 +295,30 @@ def serve_app_key(base: str, app: str) -> str:
         created = admin.post("/admin/keys", json={"app": app})
         created.raise_for_status()
         return created.json()["key"]
+
+
+# ---------------------------------------------------------------- the browser tests' chromium (Debian's, via Playwright)
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# Without the background-networking flags chromium keeps dialling Google's hosts, which this machine refuses.
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run",
+]  # fmt: skip
+# Where the browser tests save their screenshots, to look at.
+BROWSER_SCREENSHOTS = ROOT / ".cache" / "screenshots"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail("chromium is missing: `make test` installs it (scripts/ensure-services)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
 
 
 # ---------------------------------------------------------------- the store on both engines; two turns of a chat

@@ -5,11 +5,9 @@ Rendered in a real browser (Debian's chromium, driven by Playwright); screenshot
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -18,14 +16,8 @@ from chains.model_routes import ModelRoute
 from server.openapi import REDOC, SWAGGER_UI
 from server.settings import Settings
 from tests.conftest import ADMIN_KEY, ROOT, LiveServer
+from tests.conftest import BROWSER_SCREENSHOTS as SCREENSHOTS
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-# Without the background-networking flags chromium keeps dialling Google's hosts, which this machine refuses.
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run",
-]  # fmt: skip
-SCREENSHOTS = ROOT / ".cache" / "screenshots"
 CHAT_COMPLETIONS = "/v1/chat/completions"
 
 
@@ -42,18 +34,6 @@ def platform(tmp_path_factory, mock_upstream) -> Iterator[LiveServer]:
     server = LiveServer(settings).start()
     yield server
     server.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator:
-    from playwright.sync_api import sync_playwright
-
-    if not Path(CHROMIUM).exists():
-        pytest.fail("chromium is missing: `make test` installs it (scripts/ensure-services)")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 def _summary(platform: LiveServer, path: str, method: str) -> str:

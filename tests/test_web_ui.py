@@ -23,16 +23,10 @@ from playwright.sync_api import expect
 from chains.local_model import local_route
 from chains.model_routes import ModelRoute
 from server.settings import Settings
-from tests.conftest import ADMIN_KEY, MODEL_PATH, ROOT, LiveServer, clear_of_window_edge
+from tests.conftest import ADMIN_KEY, BROWSER_SCREENSHOTS, MODEL_PATH, ROOT, LiveServer, clear_of_window_edge
 from tests.scripted_upstream import fault_model, scripted_route, serve_scripted_upstream
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-# Without the background-networking flags chromium keeps dialling Google's hosts, which this machine refuses.
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run",
-]  # fmt: skip
-SCREENSHOTS = ROOT / ".cache" / "screenshots" / "web-ui"
+SCREENSHOTS = BROWSER_SCREENSHOTS / "web-ui"
 AXE = "/ui/vendor/axe-core-4.14.1/axe.min.js"
 QUESTION = "What is the capital of France?"
 FILLER = "The archive also holds letters about trade, weather and harvests that have nothing to do with engines. "
@@ -72,18 +66,6 @@ def ui_server(llama, tmp_path_factory) -> Iterator[LiveServer]:
         server = LiveServer(settings).start()
         stack.callback(server.stop)
         yield server
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator:
-    from playwright.sync_api import sync_playwright
-
-    if not Path(CHROMIUM).exists():
-        pytest.fail("chromium is missing: `make test` installs it (scripts/ensure-services)")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 class UI:
