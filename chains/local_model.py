@@ -45,6 +45,9 @@ def local_route(base_url: str, gguf_path: str, context_window: int) -> ModelRout
         defaults=LOCAL_DEFAULTS,
         owned_by="llama.cpp",
         provider="llama.cpp",
+        # Fine-tuning jobs train a LoRA adapter on the CPU (chains/fine_tuning/local_trainer.py, extra [train]);
+        # the llama.cpp server applies it to requests for the tuned model.
+        trainer="local",
     )
 
 

@@ -112,6 +112,11 @@ class ModelRoute(_Credentials):
         None, description="what serves the route; sets the default features (openai for api.openai.com)"
     )
     features: RouteFeatures = Field(default_factory=RouteFeatures, description="overrides of the provider's defaults")
+    trainer: Literal["local", "openai"] | None = Field(
+        None,
+        description="how fine-tuning jobs tune this route: local (LoRA on the embedded model) or openai (OpenAI's "
+        "fine-tuning API at the route's server); openai by default for api.openai.com, none otherwise",
+    )
     # Prices in currency units (e.g. USD) per million tokens; every usage record carries its cost.
     input_price: float = Field(0.0, ge=0, description="per million prompt tokens")
     cached_input_price: float | None = Field(None, ge=0, description="per million cached prompt tokens")
@@ -239,6 +244,25 @@ class ModelRoute(_Credentials):
     @property
     def upstream_model(self) -> str:
         return self.model or self.name
+
+    @property
+    def resolved_trainer(self) -> Literal["local", "openai"] | None:
+        if self.trainer is not None or self.serves != "chat":
+            return self.trainer
+        return "openai" if self.provider_kind == "openai" else None
+
+    def tuned(self, name: str, upstream_model: str) -> ModelRoute:
+        """The route of a model tuned from this one: the same servers and limits, the tuned model's name upstream,
+        and no fallbacks (a tuned model must not be silently replaced by another)."""
+        return self.model_copy(
+            update={
+                "name": name,
+                "model": upstream_model,
+                "deployments": [d.model_copy(update={"model": upstream_model}) for d in self.deployments],
+                "fallbacks": [],
+                "trainer": None,
+            }
+        )
 
 
 def parse_image_size(size: str) -> tuple[int, int] | None:
@@ -390,12 +414,17 @@ class ModelRegistry:
         self.image_routes = {route.name for route in routes if route.serves == "images"}
         self._models = {route.name: ChatModel(route, events) for route in routes if route.serves == "chat"}
         self.default = default or next(iter(self._models), None)
+        # Tuned models (``ft:...``): each belongs to one app, and is registered by server.tuned_models when used.
+        self._owners: dict[str, str] = {}
+        self._bases: dict[str, str] = {}
+        self._redis: Redis | None = None
         for chat in self._models.values():
             if unknown := [name for name in chat.route.fallbacks if name not in self._models]:
                 raise ValueError(f"route `{chat.route.name}` falls back to unknown routes: {', '.join(unknown)}")
 
     def share_breakers(self, redis: Redis | None) -> None:
         """Keep the deployments' circuit breakers in Redis, shared by every worker (None: each worker its own)."""
+        self._redis = redis
         for chat in self._models.values():
             for upstream in chat.upstreams:
                 upstream.breaker.shared = redis
@@ -405,14 +434,42 @@ class ModelRegistry:
         return [self._models[name] for name in chat.route.fallbacks]
 
     def __contains__(self, name: str) -> bool:
-        return name in self._models
+        return name in self._models and name not in self._owners
 
     def __iter__(self):
-        return iter(self._models.values())
+        """The configured routes (not the tuned models: they belong to one app each)."""
+        return (chat for name, chat in self._models.items() if name not in self._owners)
 
-    def get(self, name: str | None, allowed: Collection[str] | None = None) -> ChatModel:
-        """The route ``name`` (the default when None); 404 when unknown or not in ``allowed``."""
+    def add_tuned(self, name: str, app_id: str, base: str, upstream_model: str) -> ChatModel:
+        """Serve the tuned model ``name`` of ``app_id`` (made from the route ``base``); kept until ``remove_tuned``."""
+        chat = self._models.get(name)
+        if chat is not None and self._owners.get(name) == app_id and chat.route.upstream_model == upstream_model:
+            return chat
+        chat = ChatModel(self._models[base].route.tuned(name, upstream_model), self.events)
+        for upstream in chat.upstreams:
+            upstream.breaker.shared = self._redis
+        self._models[name], self._owners[name], self._bases[name] = chat, app_id, base
+        return chat
+
+    def remove_tuned(self, name: str) -> None:
+        if name in self._owners:
+            del self._models[name], self._owners[name], self._bases[name]
+
+    def tuned_of(self, app_id: str) -> list[ChatModel]:
+        return [self._models[name] for name, owner in self._owners.items() if owner == app_id]
+
+    def get(
+        self, name: str | None, allowed: Collection[str] | None = None, app_id: str | None = None
+    ) -> ChatModel:
+        """The route ``name`` (the default when None); 404 when unknown, not in ``allowed``, or a tuned model of
+        another app than ``app_id``. A tuned model is allowed when the route it was made from is."""
         name = name or self.default
+        if name in self._owners:
+            if self._owners[name] != app_id or (allowed is not None and self._bases[name] not in allowed):
+                raise ModelNotFound(
+                    f"The model `{name}` does not exist or you do not have access to it.", param="model"
+                )
+            return self._models[name]
         if name in self.image_routes and (allowed is None or name in allowed):
             raise ModelNotFound(
                 f"The model `{name}` generates images, it is not a chat model: use it with POST "

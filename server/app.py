@@ -23,6 +23,7 @@ from server.routes import (
     embeddings,
     feedback,
     files,
+    fine_tuning,
     health,
     images,
     langserve_chat,
@@ -65,7 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     routers = (
         health, model_list, chat_completions, embeddings, moderations, conversations, feedback, files, vector_stores,
-        images, usage, admin,
+        fine_tuning, images, usage, admin,
     )  # fmt: skip
     for module in (*routers, prometheus):
         app.include_router(module.router)

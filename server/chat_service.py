@@ -22,7 +22,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from langchain_core.messages import BaseMessage
 from langgraph.graph.state import CompiledStateGraph
@@ -164,8 +164,11 @@ class ChatService(BackgroundWork):
         limiter: RateLimiter,
         metrics: Metrics,
         idempotency: IdempotencyKeys,
+        tuned_models: TunedModelRoutes | None = None,
     ) -> None:
         self.graph = graph
+        # Registers an app's tuned model (``ft:...``) as a route before a request that names it.
+        self.tuned_models = tuned_models
         self.context = context
         self.limiter = limiter
         self.metrics = metrics
@@ -178,6 +181,7 @@ class ChatService(BackgroundWork):
 
     async def complete(self, call: ChatCall, config: dict[str, Any] | None = None) -> ChatResult:
         """Answer ``call`` in one piece."""
+        await self._resolve_model(call)
         run = _Run(self, call, config, stream=False)
         if (replay := await run.claim()) is not None:
             return replay
@@ -192,6 +196,7 @@ class ChatService(BackgroundWork):
 
     async def stream(self, call: ChatCall, config: dict[str, Any] | None = None) -> ChatStream:
         """Answer ``call`` as a stream, started: what fails before the answer's first text raises here."""
+        await self._resolve_model(call)
         run = _Run(self, call, config, stream=True)
         if (replay := await run.claim()) is not None:
             stream = ChatStream(run, _replayed_events(replay), replay=replay)
@@ -205,13 +210,26 @@ class ChatService(BackgroundWork):
         """The checks an entry point must make before it commits to a streamed response: the model route and the
         conversation are the caller's. ``preprocess`` makes them again inside the graph; a failure is recorded."""
         try:
-            self.context.models.get(call.model, allowed=call.caller.allowed_models)
+            await self._resolve_model(call)
+            self.context.models.get(call.model, allowed=call.caller.allowed_models, app_id=call.caller.app_id)
             if call.conversation_id and call.conversation_id != "new":
                 await self.context.store.check_conversation(
                     call.conversation_id, app_id=call.caller.app_id, user=call.user
                 )
         except APIError as error:
             raise await _Run(self, call, None, stream=False).failed(error) from None
+
+    async def _resolve_model(self, call: ChatCall) -> None:
+        """The app's default model for a call that names none; an app's tuned model registered as a route."""
+        if call.model is None and call.caller.default_model:
+            call.model = call.caller.default_model
+        if self.tuned_models is not None and call.model and call.model.startswith("ft:") and call.caller.app_id:
+            await self.tuned_models.ensure(call.caller.app_id, call.model)
+
+
+class TunedModelRoutes(Protocol):
+    async def ensure(self, app_id: str, name: str) -> None:
+        """Register ``app_id``'s tuned model ``name`` as a route (or forget it when it was deleted)."""
 
 
 class _Run:

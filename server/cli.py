@@ -10,12 +10,13 @@ import math
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 
 import uvicorn
 
-from errors import APIError
+from errors import APIError, NotFound
 from server.gateway.connection_limits import protocol as connection_protocol
 from server.gateway.connection_limits import raise_open_files_limit
 from server.json_logs import configure_logging, logging_config
@@ -92,6 +93,8 @@ def serve(args: argparse.Namespace) -> int:
         chroma_url = _knowledge_store(settings, workers, children)
         if chroma_url:
             os.environ["GENAI_CHROMA_URL"] = chroma_url
+        if settings.start_worker:
+            start_worker(settings, children)
         if workers > 1:
             # Each worker writes its metrics here and /metrics sums them; set before a worker imports
             # prometheus_client.
@@ -131,11 +134,100 @@ def start_local_model(settings: Settings, children: contextlib.ExitStack) -> str
         threads=settings.local_model_threads,
         log_path=logs / "llama-server.log",
         startup_timeout=settings.local_model_startup_timeout,
+        adapters_dir=settings.adapters_dir,  # tuned models' LoRA adapters, applied per request
     )
     children.callback(local.stop)
     local.start()
     log.info("local model ready at %s", local.base_url)
     return local.base_url
+
+
+def start_worker(settings: Settings, children: contextlib.ExitStack) -> None:
+    """One ``genai worker`` for fine-tuning jobs, stopped with ``children`` (SIGTERM: a running job goes back to the
+    queue); it exits by itself if this process dies."""
+    from chains.local_model_process import PARENT_PID_ENV
+
+    logs = settings.data_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    output = open(logs / "worker.log", "ab")  # noqa: SIM115 - the child's, closed with it
+    process = subprocess.Popen(
+        [sys.executable, "-m", "server", "worker"],
+        stdout=output,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, PARENT_PID_ENV: str(os.getpid())},
+        start_new_session=True,
+    )
+    log.info("fine-tuning worker started (pid %d, log %s)", process.pid, logs / "worker.log")
+
+    def stop() -> None:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=settings.fine_tuning_cancel_grace_seconds + 15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        output.close()
+
+    children.callback(stop)
+
+
+def worker(args: argparse.Namespace) -> int:
+    """Run fine-tuning jobs from the queue until SIGTERM (a running job is then queued again)."""
+    from server.worker import serve_jobs
+
+    settings = Settings()
+    asyncio.run(_wait_until_reachable(settings))
+    return serve_jobs(settings)
+
+
+def models_list(args: argparse.Namespace) -> int:
+    async def action(services):
+        app = await services.tenants.get_app(args.app)
+        tuned = await services.fine_tuning.store.list_models(app.id)
+        return app, tuned
+
+    app, tuned = asyncio.run(_with_services(Settings(), action))
+    rows = [[model.id, model.base_model, model.trainer, model.job_id, "yes" if app.default_model == model.id else ""]
+            for model in tuned]  # fmt: skip
+    _table(rows, ["model", "base", "trainer", "job", "default"])
+    return 0
+
+
+def models_promote(args: argparse.Namespace) -> int:
+    """Make a tuned model the app's default, only when its evaluation run passes the gates."""
+    from evals.gates import GateError
+    from evals.promotion import promotion_verdict
+
+    try:
+        verdict = promotion_verdict(args.model, args.run, args.gate, args.baseline)
+    except GateError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for line in verdict.lines:
+        print(line)
+    if not verdict.passed:
+        print(f"not promoted: {args.model} did not pass the gate; {args.app} keeps its default", file=sys.stderr)
+        return 1
+
+    async def action(services):
+        app = await services.tenants.get_app(args.app)
+        if await services.fine_tuning.store.get_model(app.id, args.model) is None and args.model not in services.models:
+            raise NotFound(f"The app {app.name} has no model `{args.model}`.", param="model")
+        return await services.tenants.update_app(app.id, default_model=args.model)
+
+    app = asyncio.run(_with_services(Settings(), action))
+    print(f"promoted: {args.model} is now the default model of {app.name}")
+    return 0
+
+
+def models_demote(args: argparse.Namespace) -> int:
+    app = asyncio.run(
+        _with_services(Settings(), lambda services: services.tenants.update_app(args.app, default_model=None))
+    )
+    print(f"{app.name} now uses the platform's default model")
+    return 0
 
 
 def _knowledge_store(settings: Settings, workers: int, children: contextlib.ExitStack) -> str | None:
@@ -369,6 +461,10 @@ def feedback_export(args: argparse.Namespace) -> int:
         return await services.feedback.export(app_id, where)
 
     examples, missing = asyncio.run(_with_services(Settings(), action))
+    if args.format == "fine-tune":
+        rated = len(examples)
+        examples = [line for line in map(fine_tuning_example, examples) if line is not None]
+        print(f"{rated - len(examples)} rated answers left out: rated low and not corrected", file=sys.stderr)
     for example in examples:
         sys.stdout.buffer.write(orjson.dumps(example) + b"\n")
     sys.stdout.flush()
@@ -380,6 +476,18 @@ def feedback_export(args: argparse.Namespace) -> int:
         )
     print(note, file=sys.stderr)
     return 0
+
+
+def fine_tuning_example(example: dict) -> dict | None:
+    """A rated answer as a fine-tuning line: the correction when there is one, else the answer when it was rated
+    well (a thumbs up, or a score of at least 0.5); None for an answer rated low and not corrected."""
+    answer = example.get("reference")
+    if not answer:
+        score = example["metadata"]["score"]
+        if score < 0.5:
+            return None
+        answer = example["metadata"]["answer"]
+    return {"messages": [*example["messages"], {"role": "assistant", "content": answer}]}
 
 
 def _with_database(action):
@@ -421,6 +529,33 @@ def build_parser() -> argparse.ArgumentParser:
     serve_parser.add_argument("--port", type=int, help="port (default 8000, setting GENAI_PORT)")
     serve_parser.add_argument("--workers", type=int, help="worker processes (default 1, setting GENAI_WORKERS)")
     serve_parser.set_defaults(handler=serve)
+    commands.add_parser(
+        "worker", help="run fine-tuning jobs from the queue (genai serve starts one; run more on other machines)"
+    ).set_defaults(handler=worker)
+
+    models = commands.add_parser("models", help="an app's tuned models").add_subparsers(
+        dest="models_command", required=True
+    )
+    listing = models.add_parser("list", help="an app's tuned models, and which is its default")
+    listing.add_argument("--app", required=True, help="the app's name or id")
+    listing.set_defaults(handler=models_list)
+    promote = models.add_parser(
+        "promote", help="make a model the app's default, when its evaluation run passes the gates"
+    )
+    promote.add_argument("model", help="the model (ft:...) to promote")
+    promote.add_argument("--app", required=True, help="the app's name or id")
+    promote.add_argument("--run", required=True, metavar="DIR", help="`genai eval run --model MODEL`'s directory")
+    promote.add_argument(
+        "--gate", action="append", default=[], metavar="NAME>=X",
+        help="a threshold the run must meet (contains>=0.8, similarity_score>=0.7, error_rate<=0); repeatable",
+    )  # fmt: skip
+    promote.add_argument(
+        "--baseline", metavar="DIR", help="the current model's run on the same dataset: the model must be no worse"
+    )
+    promote.set_defaults(handler=models_promote)
+    demote = models.add_parser("demote", help="the app goes back to the platform's default model")
+    demote.add_argument("--app", required=True)
+    demote.set_defaults(handler=models_demote)
 
     apps = commands.add_parser("apps", help="client apps").add_subparsers(dest="apps_command", required=True)
     create = apps.add_parser("create", help="create an app")
@@ -472,6 +607,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--min-score", type=float, help="lowest score (thumbs are 1 and -1)")
     export.add_argument("--max-score", type=float, help="highest score")
     export.add_argument("--model", help="answers of this model route")
+    export.add_argument(
+        "--format", choices=["eval", "fine-tune"], default="eval",
+        help="eval: an evaluation dataset (default); fine-tune: OpenAI's chat fine-tuning JSONL of the well-rated "
+        "answers and the corrected ones, for POST /v1/files with purpose fine-tune",
+    )  # fmt: skip
     export.set_defaults(handler=feedback_export)
 
     database = commands.add_parser("db", help="the database schema").add_subparsers(dest="db_command", required=True)

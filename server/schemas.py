@@ -257,6 +257,10 @@ class App(ResponseBody):
         description="browser origins whose pages may call with the app's keys (CORS), besides the platform-wide "
         "GENAI_CORS_ORIGINS; null for none of its own"
     )
+    default_model: str | None = Field(
+        description="the chat model of requests that name none (set by `genai models promote`); null for the "
+        "platform's default"
+    )
     created_at: int
 
 

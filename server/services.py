@@ -24,6 +24,7 @@ from memory.redis_client import open_redis
 from memory.semantic_cache import SemanticCache
 from server.chat_service import ChatService
 from server.feedback_forwarding import LangSmithFeedback
+from server.fine_tuning import FineTuning
 from server.gateway.auth import Authenticator
 from server.gateway.prometheus_metrics import Metrics
 from server.gateway.rate_limits import RateLimiter
@@ -35,6 +36,7 @@ from server.settings import Settings
 from storage import ConversationStore, Database, TenantStore
 from storage.feedback import FeedbackStore
 from storage.files import FileStore
+from storage.fine_tuning import FineTuningStore
 from storage.idempotency import IdempotencyKeys
 from storage.images import ImageStore, SignedUrls
 from storage.object_store import DiskObjectStore, ObjectStore, S3ObjectStore, parse_s3_url
@@ -70,6 +72,8 @@ class Services:
     images: ImageService
     image_store: ImageStore
     image_urls: SignedUrls
+    # Fine-tuning jobs (run by `genai worker`) and the app's tuned models, served as routes of their app.
+    fine_tuning: FineTuning
     redis: Redis | None = None
 
     @classmethod
@@ -91,13 +95,14 @@ class Services:
             memory = SqlMemory(store, max_messages=settings.memory_max_messages)
         models = ModelRegistry(settings.routes(), default=settings.resolved_default_model, events=metrics)
         models.share_breakers(redis)
-        tenants = TenantStore(db)
         limiter = RateLimiter(settings.redis_url, on_reject=metrics.rate_limited, on_fallback=metrics.redis_fallback)
         embeddings = build_embedding_model(settings.embedding_route)
         knowledge = LazyKnowledgeIndex(settings.data_dir, settings.chroma_url, embeddings.embeddings)
         files = FileStore(db, settings.data_dir / "files")
         vector_stores = VectorStores(db)
         safety = SafetyChecks.build(settings)
+        tenants = TenantStore(db)
+        fine_tuning = FineTuning(settings, FineTuningStore(db), files, models, tenants)
         image_store = ImageStore(db, image_objects(settings))
         image_urls = SignedUrls.in_data_dir(
             settings.data_dir,
@@ -149,7 +154,7 @@ class Services:
             auth=Authenticator(tenants),
             limiter=limiter,
             metrics=metrics,
-            chat=ChatService(build_chat_graph(), context, limiter, metrics, IdempotencyKeys(db)),
+            chat=ChatService(build_chat_graph(), context, limiter, metrics, IdempotencyKeys(db), fine_tuning),
             embeddings=embeddings,
             knowledge=knowledge,
             files=files,
@@ -176,6 +181,7 @@ class Services:
             ),
             image_store=image_store,
             image_urls=image_urls,
+            fine_tuning=fine_tuning,
             redis=redis,
         )
 

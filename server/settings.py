@@ -162,6 +162,25 @@ class Settings(BaseSettings):
         "request's own URL when unset",
     )
 
+    # Fine-tuning (server/fine_tuning.py, server/worker.py): jobs queued through huey (Redis when redis_url is set,
+    # else SQLite in data_dir) and run by `genai worker`.
+    start_worker: bool = Field(
+        True, description="genai serve starts one `genai worker` for fine-tuning jobs; false when workers run apart"
+    )
+    worker_poll_seconds: float = Field(1.0, gt=0, le=60, description="the longest an idle worker waits between looks")
+    worker_heartbeat_timeout_seconds: float = Field(
+        60.0, gt=0, description="a running job whose worker gave no sign for this long is failed (the worker died)"
+    )
+    fine_tuning_cancel_grace_seconds: float = Field(
+        5.0, ge=0, description="after a cancel, a trainer gets this long to stop before its process is killed"
+    )
+    fine_tuning_poll_seconds: float = Field(
+        5.0, gt=0, description="the openai trainer asks the provider for its job's progress this often"
+    )
+    fine_tuning_max_jobs: int = Field(
+        10, ge=1, description="an app's jobs that may be validating, queued or running at once"
+    )
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _check_cors_origins(cls, value: Any) -> Any:
@@ -245,6 +264,11 @@ class Settings(BaseSettings):
     @property
     def resolved_local_model_path(self) -> Path:
         return self.local_model_path or self.data_dir / "models" / "gemma-3-270m-q4_k_m.gguf"
+
+    @property
+    def adapters_dir(self) -> Path:
+        """Tuned local models' LoRA adapters: the worker writes them, the embedded llama.cpp server reads them."""
+        return self.data_dir / "adapters"
 
     @property
     def uses_local_model(self) -> bool:

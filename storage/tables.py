@@ -46,6 +46,9 @@ class App(Base):
     # Browser origins (``https://app.example.com``) whose pages may call the platform with this app's keys
     # (migration 0008); None: only the deployment's GENAI_CORS_ORIGINS.
     cors_origins: Mapped[list[str] | None] = mapped_column(JSON)
+    # The chat model a request that names none is answered by (migration 0009; None: the deployment's default),
+    # e.g. a tuned model promoted by `genai models promote`.
+    default_model: Mapped[str | None] = mapped_column(String(256))
     created_at: Mapped[int] = mapped_column(Integer, default=now)
 
 
@@ -259,3 +262,77 @@ class Feedback(Base):
     key_prefix: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[int] = mapped_column(Integer, default=now, index=True)
     updated_at: Mapped[int] = mapped_column(Integer, default=now)
+
+
+class FineTuningJob(Base):
+    """A fine-tuning job of an app: validating_files -> queued -> running -> succeeded | failed | cancelled.
+
+    ``genai worker`` runs it; while it runs, the worker renews ``heartbeat_at``, so a job whose worker died is found
+    and failed instead of staying ``running`` forever."""
+
+    __tablename__ = "fine_tuning_jobs"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    app_id: Mapped[str] = mapped_column(String(64), index=True)
+    model: Mapped[str] = mapped_column(String(256))  # the base route
+    trainer: Mapped[str] = mapped_column(String(16))  # local or openai
+    training_file: Mapped[str] = mapped_column(String(64))
+    validation_file: Mapped[str | None] = mapped_column(String(64))
+    # As asked ({"n_epochs": 3} or "auto" for each); after the run, what was used.
+    hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    suffix: Mapped[str | None] = mapped_column(String(64))
+    seed: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(24), index=True)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # {code, message, param}
+    fine_tuned_model: Mapped[str | None] = mapped_column(String(256))
+    trained_tokens: Mapped[int | None] = mapped_column(Integer)
+    user_metadata: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
+    task_id: Mapped[str | None] = mapped_column(String(64))  # the queue's message id, to revoke a queued job
+    worker: Mapped[str | None] = mapped_column(String(256))  # host:pid of the worker running it
+    heartbeat_at: Mapped[float | None] = mapped_column(Float)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[int] = mapped_column(Integer, default=now, index=True)
+    started_at: Mapped[int | None] = mapped_column(Integer)
+    finished_at: Mapped[int | None] = mapped_column(Integer)
+
+
+class FineTuningEvent(Base):
+    """A line of a job's progress: a message, or metrics (``data``: step, train_loss, valid_loss, ...)."""
+
+    __tablename__ = "fine_tuning_events"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(64), ForeignKey("fine_tuning_jobs.id", ondelete="CASCADE"), index=True)
+    level: Mapped[str] = mapped_column(String(8), default="info")
+    message: Mapped[str] = mapped_column(Text)
+    type: Mapped[str] = mapped_column(String(16), default="message")
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[int] = mapped_column(Integer, default=now)
+
+
+class FineTuningCheckpoint(Base):
+    """A checkpoint of a job: its step and metrics (the last one is the tuned model)."""
+
+    __tablename__ = "fine_tuning_checkpoints"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(64), ForeignKey("fine_tuning_jobs.id", ondelete="CASCADE"), index=True)
+    step_number: Mapped[int] = mapped_column(Integer)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    fine_tuned_model_checkpoint: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[int] = mapped_column(Integer, default=now)
+
+
+class TunedModel(Base):
+    """A model a job made: served as a route of its app only (``ft:<base>:<app>:<suffix>:<id>``)."""
+
+    __tablename__ = "tuned_models"
+
+    id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    app_id: Mapped[str] = mapped_column(String(64), index=True)
+    base_model: Mapped[str] = mapped_column(String(256))
+    job_id: Mapped[str] = mapped_column(String(64))
+    trainer: Mapped[str] = mapped_column(String(16))
+    upstream_model: Mapped[str] = mapped_column(String(256))  # what the route sends as `model`
+    adapter_path: Mapped[str | None] = mapped_column(String(512))  # local: the LoRA adapter (GGUF) llama.cpp serves
+    created_at: Mapped[int] = mapped_column(Integer, default=now)

@@ -59,6 +59,8 @@ class Caller:
     pii_policy: dict | None = None
     # Browser origins whose pages may read answers to this app's keys (CORS; None: the platform-wide ones only).
     cors_origins: tuple[str, ...] | None = None
+    # The chat model of a request that names none (None: the deployment's default), e.g. a promoted tuned model.
+    default_model: str | None = None
 
     def may_use(self, model: str) -> bool:
         return self.allowed_models is None or model in self.allowed_models
@@ -259,4 +261,5 @@ class TenantStore:
             moderation_mode=app.moderation_mode if app else None,
             pii_policy=app.pii_policy if app else None,
             cors_origins=tuple(app.cors_origins) if app and app.cors_origins else None,
+            default_model=app.default_model if app else None,
         )

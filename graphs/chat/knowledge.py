@@ -115,7 +115,9 @@ async def lookup_cache(state: ChatState, runtime: Runtime[ChatContext]) -> dict[
         "cache_scope": scope,
         "answer": answer,
         "more_answers": [],
-        "completion_tokens": context.models.get(state["model_name"]).tokens.count_text(answer.text),
+        "completion_tokens": context.models.get(state["model_name"], app_id=state.get("app_id")).tokens.count_text(
+            answer.text
+        ),
         "cost": 0.0,
         "finish_reason": answer.response_metadata["finish_reason"],
         "citations": hit.answer.citations,
@@ -154,7 +156,7 @@ async def retrieve_context(state: ChatState, runtime: Runtime[ChatContext]) -> d
         ) from exc
     keep, screened = await screen_passages(state, context, [hit.chunk.text for hit in hits])
     hits = [hit for hit, kept in zip(hits, keep) if kept]
-    chat = context.models.get(state["model_name"])
+    chat = context.models.get(state["model_name"], app_id=state.get("app_id"))
     room = chat.route.context_window - chat.max_tokens_for(state.get("params") or {}) - state["prompt_tokens"]
     passages: list[str] = []
     citations: list[dict[str, Any]] = []

@@ -37,7 +37,9 @@ async def preprocess(state: ChatState, runtime: Runtime[ChatContext]) -> dict[st
         raise InvalidRequest("`messages` must contain at least one message.", param="messages")
     if not any(m.type == "human" for m in messages) and not state.get("conversation_id"):
         raise InvalidRequest("`messages` must contain a user message.", param="messages")
-    chat = context.models.get(state.get("model"), allowed=state.get("allowed_models"))
+    chat = context.models.get(
+        state.get("model"), allowed=state.get("allowed_models"), app_id=state.get("app_id")
+    )
     kinds = content_kinds(messages)
     check_request(chat.route.name, chat.features, state.get("params") or {}, kinds)
     app_id = state.get("app_id")
@@ -107,7 +109,7 @@ def takes(chat: ChatModel, prompt: list[BaseMessage], params: dict[str, Any], ki
 async def load_memory(state: ChatState, runtime: Runtime[ChatContext]) -> dict[str, Any]:
     """The conversation's newest prior turns that fit the memory budget and the context window."""
     context = runtime.context
-    chat = context.models.get(state["model_name"])
+    chat = context.models.get(state["model_name"], app_id=state.get("app_id"))
     history: list[BaseMessage] = []
     if state.get("conversation_id") and not state.get("created_conversation"):
         prior = await context.memory.load(state["conversation_id"])
@@ -156,7 +158,7 @@ async def call_model(state: ChatState, config: RunnableConfig, runtime: Runtime[
     kinds = content_kinds(state["prompt"])
     choices, chat, upstream = await call_with_failover(
         context.models,
-        context.models.get(state["model_name"]),
+        context.models.get(state["model_name"], app_id=state.get("app_id")),
         attempt,
         delivered=lambda: delivered,
         fits=lambda chat: takes(chat, state["prompt"], params, kinds),

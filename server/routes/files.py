@@ -1,4 +1,5 @@
-"""/v1/files: uploads in OpenAI's shape; purpose ``assistants`` feeds the knowledge base (vector stores).
+"""/v1/files: uploads in OpenAI's shape; purpose ``assistants`` feeds the knowledge base (vector stores),
+``fine-tune`` fine-tuning jobs (JSON Lines of chat examples, checked at upload by ``chains.fine_tuning.dataset``).
 
 A file belongs to the app whose key uploaded it: another app's file id is a 404, and lists never show it.
 """
@@ -14,6 +15,7 @@ from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.responses import Response
 
 from chains.document_loaders import ACCEPTED, detect_kind
+from chains.fine_tuning import dataset
 from errors import InvalidRequest, PayloadTooLarge
 from server.deps import AppCaller, ServicesDep
 from server.knowledge_schemas import FileDeleted, FileList, FileObject
@@ -21,7 +23,7 @@ from storage import tables
 
 router = APIRouter(prefix="/v1", tags=["files"])
 
-PURPOSE = "assistants"
+PURPOSES = ("assistants", "fine-tune")
 FORM_FIELDS = {"file", "purpose"}
 MAX_FILENAME = 255
 
@@ -31,13 +33,14 @@ def file_object(file: tables.File) -> FileObject:
 
 
 def check_purpose(purpose: str) -> None:
-    if purpose == PURPOSE:
+    if purpose in PURPOSES:
         return
-    if purpose == "fine-tune":
-        message = "Fine-tuning is not available on this platform yet: upload files with purpose 'assistants'."
-    else:
-        message = f"Invalid purpose '{purpose}': this platform accepts 'assistants' (files for vector stores)."
-    raise InvalidRequest(message, param="purpose", code="invalid_value")
+    raise InvalidRequest(
+        f"Invalid purpose '{purpose}': this platform accepts 'assistants' (files for vector stores) and 'fine-tune' "
+        "(training files for fine-tuning jobs).",
+        param="purpose",
+        code="invalid_value",
+    )
 
 
 def clean_filename(name: str | None) -> str:
@@ -55,8 +58,10 @@ async def create_file(
     request: Request,
     caller: AppCaller,
     services: ServicesDep,
-    file: Annotated[UploadFile, File(description=f"the document: {ACCEPTED}")],
-    purpose: Annotated[str, Form(max_length=64, description="'assistants'")],
+    file: Annotated[
+        UploadFile, File(description=f"the document: {ACCEPTED}; for 'fine-tune', JSON Lines (.jsonl) of chat examples")
+    ],
+    purpose: Annotated[str, Form(max_length=64, description="'assistants' or 'fine-tune'")],
 ) -> FileObject:
     """Upload a file (multipart form: ``file`` and ``purpose``)."""
     unknown = sorted({name.split("[")[0] for name in (await request.form()).keys()} - FORM_FIELDS)
@@ -74,7 +79,11 @@ async def create_file(
     data = await file.read()
     if len(data) > limit:
         raise PayloadTooLarge(f"The file is {len(data)} bytes: files may be at most {limit} bytes.", param="file")
-    kind = await asyncio.to_thread(detect_kind, filename, data)
+    if purpose == "fine-tune":
+        await asyncio.to_thread(dataset.check_upload, filename, data, services.models)
+        kind = dataset.KIND
+    else:
+        kind = await asyncio.to_thread(detect_kind, filename, data)
     created = await services.files.create(
         app_id=caller.app_id, filename=filename, purpose=purpose, kind=kind, data=data
     )

@@ -1,5 +1,6 @@
-"""GET /v1/models and /v1/models/{id}: the configured chat routes, the image routes (``type: "image"``, when there are
-any) and the embedding model (``type: "embedding"``)."""
+"""GET /v1/models and /v1/models/{id}: the configured chat routes, the app's tuned models (``ft:...``, its own only),
+the image routes (``type: "image"``, when there are any) and the embedding model (``type: "embedding"``);
+DELETE /v1/models/{id} deletes a tuned model."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ from fastapi import APIRouter
 
 from chains.images import ImageModel
 from chains.model_routes import ChatModel
-from server.deps import AnyCaller, ServicesDep
+from server.deps import AnyCaller, AppCaller, ServicesDep
 from server.image_schemas import ImageModelObject
 from server.knowledge_schemas import EmbeddingModelObject
+from server.fine_tuning_schemas import ModelDeleted
 from server.schemas import Model, ObjectList
 from server.services import Services
 
@@ -40,12 +42,12 @@ def image_model_object(image: ImageModel) -> ImageModelObject:
     )
 
 
-def model_object(chat: ChatModel) -> Model:
+def model_object(chat: ChatModel, owned_by: str | None = None) -> Model:
     route = chat.route
     return Model(
         id=route.name,
         created=_CREATED,
-        owned_by=route.owned_by,
+        owned_by=owned_by or route.owned_by,
         provider=route.provider_kind,
         context_window=route.context_window,
         max_output_tokens=route.max_output_tokens,
@@ -57,6 +59,8 @@ def model_object(chat: ChatModel) -> Model:
 async def list_models(caller: AnyCaller, services: ServicesDep) -> ModelCatalog:
     """The routes this key's app may use (all of them for an admin key), and the embedding model when it may."""
     chat = [model_object(c) for c in services.models if caller.may_use(c.route.name)]
+    if caller.app_id:
+        chat += [model_object(c, caller.app_name) for c in await services.fine_tuning.models_of(caller)]
     images = [image_model_object(image) for image in services.images.models if caller.may_use(image.name)]
     embedding = [embedding_model_object(services)] if caller.may_use(services.embeddings.name) else []
     return ModelCatalog(data=[*chat, *images, *embedding])
@@ -70,4 +74,16 @@ async def retrieve_model(
         return image_model_object(services.images.models.get(model_id))
     if model_id == services.embeddings.name and model_id not in services.models and caller.may_use(model_id):
         return embedding_model_object(services)
+    if model_id.startswith("ft:") and caller.app_id:
+        await services.fine_tuning.ensure(caller.app_id, model_id)
+        return model_object(
+            services.models.get(model_id, allowed=caller.allowed_models, app_id=caller.app_id), caller.app_name
+        )
     return model_object(services.models.get(model_id, allowed=caller.allowed_models))
+
+
+@router.delete("/models/{model_id:path}")
+async def delete_model(model_id: str, caller: AppCaller, services: ServicesDep) -> ModelDeleted:
+    """Delete one of the app's tuned models: its route and its adapter (the provider's copy for OpenAI's)."""
+    await services.fine_tuning.delete_model(caller, model_id)
+    return ModelDeleted(id=model_id)

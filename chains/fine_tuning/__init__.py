@@ -1,0 +1,1 @@
+"""Fine-tuning: file validation, and the trainers (``local`` LoRA on the embedded model, ``openai``)."""
