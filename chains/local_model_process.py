@@ -10,6 +10,10 @@ answers, and stops it with the platform, however the platform stops:
   watches its parent (``watch_parent``) and exits within a second of losing it.
 
 Worker processes of ``genai serve --workers N`` watch their parent the same way.
+
+With ``adapters_dir``, the server also answers tuned models (``ft:...:<id>``) with the LoRA adapter
+``<adapters_dir>/<id>.gguf`` applied per request (see ``chains.llama_server``); adapters written there later are
+served without a restart.
 """
 
 from __future__ import annotations
@@ -74,6 +78,7 @@ class LocalModelServer:
         port: int | None = None,
         log_path: Path | None = None,
         startup_timeout: float = 180.0,
+        adapters_dir: Path | None = None,
     ) -> None:
         self.model_path = Path(model_path)
         self.context_window = context_window
@@ -81,6 +86,7 @@ class LocalModelServer:
         self.port = port or free_port()
         self.log_path = log_path
         self.startup_timeout = startup_timeout
+        self.adapters_dir = Path(adapters_dir) if adapters_dir is not None else None
         self.process: subprocess.Popen | None = None
 
     @property
@@ -88,6 +94,7 @@ class LocalModelServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def command(self) -> list[str]:
+        adapters = ["--adapters_dir", str(self.adapters_dir)] if self.adapters_dir is not None else []
         return [
             sys.executable, "-m", "chains.llama_server",
             "--model", str(self.model_path),
@@ -102,10 +109,13 @@ class LocalModelServer:
             # The stock server cuts a streaming answer short when another request arrives;
             # a shared platform must queue them instead.
             "--interrupt_requests", "False",
+            *adapters,
         ]  # fmt: skip
 
     def start(self) -> LocalModelServer:
         ensure_local_model(self.model_path)
+        if self.adapters_dir is not None:
+            self.adapters_dir.mkdir(parents=True, exist_ok=True)
         output = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.process = subprocess.Popen(
             self.command(),

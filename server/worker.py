@@ -19,6 +19,7 @@ import multiprocessing
 import os
 import queue
 import re
+import resource
 import shutil
 import socket
 import threading
@@ -258,8 +259,15 @@ def train_in_child(name: str, spec: TrainingSpec, messages, cancel, parent_pid: 
 
     watch_parent(parent_pid, lambda: os._exit(1))  # a worker killed outright takes its trainer with it
     progress = QueueProgress(messages, cancel)
+    started = time.monotonic()
     try:
         result = make_trainer(name, poll_seconds).train(spec, progress)
+        seconds = time.monotonic() - started
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        progress.event(
+            f"Training took {seconds:.1f} s; the trainer's peak memory was {peak:.0f} MiB",
+            data={"training_seconds": round(seconds, 2), "peak_rss_mib": round(peak)},
+        )
         messages.put(("done", result))
     except TrainingCancelled:
         messages.put(("cancelled",))

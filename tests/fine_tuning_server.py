@@ -298,7 +298,9 @@ def _app(control: FineTuningControl) -> Starlette:
         form = await request.form()
         upload, purpose = form.get("file"), form.get("purpose")
         if purpose != "fine-tune":
-            return _error(400, f"Invalid purpose {purpose!r}: this server takes 'fine-tune'.", "invalid_value", "purpose")
+            return _error(
+                400, f"Invalid purpose {purpose!r}: this server takes 'fine-tune'.", "invalid_value", "purpose"
+            )
         if upload is None or isinstance(upload, str):
             return _error(400, "Missing file.", None, "file")
         data = await upload.read()
@@ -393,7 +395,9 @@ def _app(control: FineTuningControl) -> Starlette:
         model = str(body.get("model") or "")
         tuned = {job.fine_tuned_model for job in control.jobs.values() if job.fine_tuned_model}
         if model.startswith("ft:") and model not in tuned:
-            return _error(404, f"The model `{model}` does not exist or you do not have access to it.", "model_not_found")
+            return _error(
+                404, f"The model `{model}` does not exist or you do not have access to it.", "model_not_found"
+            )
         answer = f"Answer from {model}."
         created = int(time.time())
         usage = {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9}
@@ -419,7 +423,12 @@ def _app(control: FineTuningControl) -> Starlette:
     async def models(_: Request):
         names = [*(control.models or ["test-base"]), *(j.fine_tuned_model for j in control.jobs.values())]
         data = [
-            {"id": name, "object": "model", "created": 0, "owned_by": ORGANIZATION if name.startswith("ft:") else "tests"}
+            {
+                "id": name,
+                "object": "model",
+                "created": 0,
+                "owned_by": ORGANIZATION if name.startswith("ft:") else "tests",
+            }
             for name in names
             if name
         ]

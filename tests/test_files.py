@@ -68,7 +68,7 @@ def test_a_filename_with_a_path_keeps_its_name(kb_server):
 @pytest.mark.parametrize(
     ("filename", "data", "purpose", "param", "words"),
     [
-        ("notes.txt", b"text", "fine-tune", "purpose", "Fine-tuning is not available"),
+        ("notes.txt", b"text", "fine-tune", "file", "upload JSON Lines with the extension .jsonl"),
         ("notes.txt", b"text", "batch", "purpose", "Invalid purpose 'batch'"),
         ("notes.txt", b"text", "", "purpose", "purpose"),  # an empty field is a missing one
         ("report.docx", b"PK\x03\x04 zipped", "assistants", "file", "accepts text (.txt), Markdown (.md)"),

@@ -175,11 +175,6 @@ def test_other_purposes_are_refused_naming_both(kb_server):
     assert "accepts 'assistants' (files for vector stores) and 'fine-tune'" in raised.value.body["message"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server/routes/vector_stores.py does not check a file's purpose yet (reported to the lead); remove this "
-    "marker with the fix",
-)
 def test_a_fine_tuning_file_cannot_go_into_a_vector_store(kb_server):
     client = kb_server.openai()
     file = client.files.create(file=("train.jsonl", GOOD), purpose="fine-tune")
@@ -284,4 +279,7 @@ def test_load_examples(tmp_path):
     path.write_bytes(b"\n")
     with pytest.raises(DatasetError, match="no examples"):
         load_examples(path)
-    assert message_text({"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}) == "ab"
+    assert (
+        message_text({"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]})
+        == "ab"
+    )

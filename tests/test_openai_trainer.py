@@ -20,7 +20,11 @@ from tests.fine_tuning_server import FineTuningServerURL, serve_fine_tuning_serv
 from tests.test_fine_tune_files import GOOD, example, jsonl
 
 BASE = "gpt-4o-mini-2024-07-18"
-OWN = ("Created the provider's job", "Cancelled the provider's job", "Could not reach")  # the trainer's own events
+OWN = (
+    "Created the provider's job",
+    "Cancelled the provider's job",
+    "Polling the provider's job failed",
+)  # the trainer's own events
 
 
 class Recorder:
@@ -83,7 +87,9 @@ def make_spec(
 
 
 def created_job(base_url: FineTuningServerURL) -> dict:
-    (body,) = [body for method, path, body in base_url.control.requests if (method, path) == ("POST", "/v1/fine_tuning/jobs")]
+    (body,) = [
+        body for method, path, body in base_url.control.requests if (method, path) == ("POST", "/v1/fine_tuning/jobs")
+    ]
     return body
 
 
@@ -119,8 +125,11 @@ def test_a_job_is_followed_to_its_end(provider, tmp_path):
     assert [(e["message"], e["level"]) for e in job.events] == [(m, level) for m, level, _ in progress.remote()]
     metrics = [data for _, _, data in progress.remote() if data]
     assert [data["step"] for data in metrics] == [1, 2, 3, 4]
-    assert metrics[0] == {**job.events[3]["data"], "type": "metrics"} and "valid_loss" in metrics[0]
-    assert progress.events[0][0] == f"Created the provider's job {job.id} on {provider.removeprefix('http://').removesuffix('/v1')} (model {BASE})"
+    assert metrics[0] == job.events[3]["data"] and "valid_loss" in metrics[0]
+    assert (
+        progress.events[0][0]
+        == f"Created the provider's job {job.id} on {provider.removeprefix('http://').removesuffix('/v1')} (model {BASE})"
+    )
     assert [(step, model) for step, _, model in progress.checkpoints] == [
         (2, f"{result.upstream_model}:ckpt-step-2"),
         (4, f"{result.upstream_model}:ckpt-step-4"),
@@ -167,7 +176,7 @@ def test_the_providers_failure_is_the_error(provider, tmp_path):
 
 
 def test_a_cancel_stops_the_providers_job(tmp_path):
-    poll = 0.2
+    poll = 0.5
     with serve_fine_tuning_server(steps=10_000, step_delay=0.05) as provider:
         progress = Recorder()
         outcome: list[BaseException | TrainingResult] = []
@@ -258,9 +267,12 @@ def test_polling_rides_out_a_few_failures(provider, tmp_path):
     progress = Recorder(flaky)
     result = OpenAITrainer(poll_interval=0.02, max_poll_failures=4).train(make_spec(tmp_path, provider), progress)
     assert result.upstream_model.startswith("ft:")
-    retries = [(message, level) for message, level, _ in progress.events if message.startswith("Could not reach")]
+    retries = [(message, level) for message, level, _ in progress.events if message.startswith("Polling the")]
     assert retries == [
-        (f"Could not reach the provider's job (503: The server is overloaded (on purpose).); trying again ({n}/3)", "warn")
+        (
+            f"Polling the provider's job failed (503: The server is overloaded (on purpose).); trying again ({n}/3)",
+            "warn",
+        )
         for n in (1, 2, 3)
     ]
     (job,) = provider.control.jobs.values()
@@ -277,3 +289,14 @@ def test_polling_rides_out_a_few_failures(provider, tmp_path):
     assert raised.value.message.startswith("Could not follow the job ftjob-")
     assert raised.value.message.endswith("failed (503: The server is overloaded (on purpose).).")
     assert list(provider.control.jobs.values())[-1].status == "cancelled"
+
+
+def test_a_missing_training_file(provider, tmp_path):
+    spec = make_spec(tmp_path, provider)
+    spec.training_file.unlink()
+    with pytest.raises(TrainingError) as raised:
+        OpenAITrainer(poll_interval=0.02).train(spec, Recorder())
+    assert raised.value.param == "training_file" and raised.value.message.startswith(
+        "Could not read the training file:"
+    )
+    assert not provider.control.requests

@@ -89,43 +89,15 @@ def validate_jsonl(
     ``count_tokens`` counts an example's messages (``token_counter`` makes one from a route's ``TokenCounter``);
     with ``context_window``, a longer example is a problem. An example's ``tools`` are counted as one more message
     holding their JSON."""
-    errors: list[str] = []
-    total_errors = 0
-    examples = 0
-    total_tokens = 0
-    longest = 0
-    for number, example, problem in _lines(data):
-        if problem is None and count_tokens is not None:
-            tokens = count_tokens(example["messages"])
-            if example.get("tools"):
-                tokens += count_tokens([{"role": "system", "content": json.dumps(example["tools"])}])
-            if context_window is not None and tokens > context_window:
-                problem = (
-                    f"the example is {tokens:,} tokens long, more than the model's context window "
-                    f"({context_window:,} tokens): shorten it or split it"
-                )
-            total_tokens += tokens
-            longest = max(longest, tokens)
-        if problem is not None:
-            total_errors += 1
-            if len(errors) < MAX_REPORTED:
-                errors.append(f"line {number}: {problem}")
-            continue
-        examples += 1
-    if total_errors:
-        raise DatasetError(errors, total=total_errors, param=param)
-    if not examples:
-        raise DatasetError(
-            [f"it holds no examples (one JSON object per line, such as {EXAMPLE_SHAPE})"], param=param
-        )
+    scan = _scan(data, count_tokens, context_window, param)
     if count_tokens is None:
-        return DatasetSummary(examples=examples)
-    return DatasetSummary(examples=examples, total_tokens=total_tokens, max_example_tokens=longest)
+        return DatasetSummary(examples=len(scan.examples))
+    return DatasetSummary(
+        examples=len(scan.examples), total_tokens=sum(scan.tokens), max_example_tokens=max(scan.tokens)
+    )
 
 
-def check_upload(
-    filename: str, data: bytes, models: ModelRegistry, model: str | None = None
-) -> DatasetSummary:
+def check_upload(filename: str, data: bytes, models: ModelRegistry, model: str | None = None) -> DatasetSummary:
     """An uploaded fine-tuning file (``POST /v1/files``, purpose ``fine-tune``): a ``.jsonl`` name, and valid examples
     that fit the context window of the chat route ``model`` (the default route when None), counted with its token
     counter. Without such a route, the examples are checked without their lengths."""
@@ -150,22 +122,42 @@ def validate_file(path: Path | str, **options: Any) -> DatasetSummary:
 
 def load_examples(path: Path | str) -> list[dict[str, Any]]:
     """The examples of a fine-tuning file as written (blank lines skipped); ``DatasetError`` when it is not valid."""
-    data = Path(path).read_bytes()
-    found: list[dict[str, Any]] = []
-    problems: list[str] = []
-    total = 0
+    return _scan(Path(path).read_bytes(), None, None, "file").examples
+
+
+@dataclass
+class _Scan:
+    examples: list[dict[str, Any]]
+    tokens: list[int]  # each example's, when counted
+
+
+def _scan(data: bytes, count_tokens: CountTokens | None, context_window: int | None, param: str | None) -> _Scan:
+    """Every example of the file, with its tokens; ``DatasetError`` with the first problems when there are any."""
+    scan = _Scan(examples=[], tokens=[])
+    errors: list[str] = []
+    total_errors = 0
     for number, example, problem in _lines(data):
-        if problem is None:
-            found.append(example)
+        if problem is None and count_tokens is not None:
+            tokens = count_tokens(example["messages"])
+            if example.get("tools"):
+                tokens += count_tokens([{"role": "system", "content": json.dumps(example["tools"])}])
+            if context_window is not None and tokens > context_window:
+                problem = (
+                    f"the example is {tokens:,} tokens long, more than the model's context window "
+                    f"({context_window:,} tokens): shorten it or split it"
+                )
+            scan.tokens.append(tokens)
+        if problem is not None:
+            total_errors += 1
+            if len(errors) < MAX_REPORTED:
+                errors.append(f"line {number}: {problem}")
             continue
-        total += 1
-        if len(problems) < MAX_REPORTED:
-            problems.append(f"line {number}: {problem}")
-    if total:
-        raise DatasetError(problems, total=total)
-    if not found:
-        raise DatasetError([f"it holds no examples (one JSON object per line, such as {EXAMPLE_SHAPE})"])
-    return found
+        scan.examples.append(example)
+    if total_errors:
+        raise DatasetError(errors, total=total_errors, param=param)
+    if not scan.examples:
+        raise DatasetError([f"it holds no examples (one JSON object per line, such as {EXAMPLE_SHAPE})"], param=param)
+    return scan
 
 
 def message_text(message: dict[str, Any]) -> str:
@@ -250,8 +242,7 @@ def _check_example(example: dict[str, Any]) -> None:
     if unknown:
         if {"prompt", "completion"} & set(unknown):
             raise _Problem(
-                "the prompt/completion format is not supported: write each example as chat messages, "
-                + EXAMPLE_SHAPE
+                "the prompt/completion format is not supported: write each example as chat messages, " + EXAMPLE_SHAPE
             )
         hint = " (use 'tools')" if unknown[0] == "functions" else ""
         raise _Problem(

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -34,8 +35,9 @@ from chains.fine_tuning.base import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
-ACTIVE = ("validating_files", "queued", "running")
+FINAL = ("succeeded", "failed", "cancelled")  # any other status (queued, running, paused, ...): keep polling
 PAGE = 100  # events or checkpoints per request
 TRANSIENT = (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError)
 LEVELS = {"info": "info", "warn": "warn", "warning": "warn", "error": "error"}
@@ -80,9 +82,10 @@ class _Run:
         self.poller = self.client.with_options(max_retries=0)
         self.uploaded: list[str] = []
         self.job_id: str | None = None
-        self.ended = False  # the provider's job reached a final state
+        self.ended = False  # nothing more to do about the provider's job: it reached a final state, or was cancelled
         self.seen_events: set[str] = set()
         self.seen_checkpoints: set[str] = set()
+        self.has_checkpoints = True
         self.metrics: dict[str, Any] = {}
 
     # ------------------------------------------------------------------------------------------------ the steps
@@ -118,7 +121,7 @@ class _Run:
                 if failures >= self.trainer.max_poll_failures:
                     raise self.failure(error, f"follow the job {job.id}") from None
                 self.progress.event(
-                    f"Could not reach the provider's job ({_describe(error)}); trying again "
+                    f"Polling the provider's job failed ({_describe(error)}); trying again "
                     f"({failures}/{self.trainer.max_poll_failures - 1})",
                     level="warn",
                 )
@@ -126,26 +129,27 @@ class _Run:
                 raise self.failure(error, f"follow the job {job.id}") from None
             else:
                 failures = 0
-                if job.status not in ACTIVE:
+                if job.status in FINAL:
                     self.ended = True
                     return self.result(job)
             self.wait(self.trainer.poll_interval)
 
     def upload(self, path: Path, param: str) -> str:
-        def send():
-            with open(path, "rb") as data:
-                return self.client.files.create(file=(f"{self.spec.job_id}-{path.name}", data), purpose="fine-tune")
-
-        file = self.call(f"upload the {param.replace('_', ' ')}", send, param=param)
+        try:
+            data = path.read_bytes()
+        except OSError as error:
+            raise TrainingError(f"Could not read the {param.replace('_', ' ')}: {error}", param=param) from None
+        name = f"{self.spec.job_id}-{path.name}"
+        file = self.call(
+            f"upload the {param.replace('_', ' ')}",
+            lambda: self.client.files.create(file=(name, data), purpose="fine-tune"),
+            param=param,
+        )
         self.uploaded.append(file.id)
         return file.id
 
     def method(self) -> dict[str, Any]:
-        hyperparameters = {
-            name: value
-            for name, value in vars(self.spec.hyperparameters).items()
-            if value is not None
-        }
+        hyperparameters = {name: value for name, value in vars(self.spec.hyperparameters).items() if value is not None}
         if not hyperparameters:
             return {"type": "supervised"}
         return {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}}
@@ -159,17 +163,22 @@ class _Run:
         for event in reversed(fresh):
             self.seen_events.add(event.id)
             data = dict(event.data or {}) if isinstance(event.data, dict) else {}
-            if event.type == "metrics":
+            if event.type == "metrics":  # OpenAI's metrics: step, total_steps, train_loss, ... (as they are)
                 self.metrics = {key: value for key, value in data.items() if key not in ("step", "total_steps")}
-                data["type"] = "metrics"
             self.progress.event(event.message, level=LEVELS.get(event.level, "info"), data=data or None)
 
     def relay_checkpoints(self) -> None:
+        if not self.has_checkpoints:
+            return
         fresh = []
-        for checkpoint in self.poller.fine_tuning.jobs.checkpoints.list(self.job_id, limit=PAGE):  # newest first
-            if checkpoint.id in self.seen_checkpoints:
-                break
-            fresh.append(checkpoint)
+        try:
+            for checkpoint in self.poller.fine_tuning.jobs.checkpoints.list(self.job_id, limit=PAGE):  # newest first
+                if checkpoint.id in self.seen_checkpoints:
+                    break
+                fresh.append(checkpoint)
+        except openai.NotFoundError:  # a compatible server without OpenAI's checkpoints: none are listed
+            self.has_checkpoints = False
+            return
         for checkpoint in sorted(fresh, key=lambda c: c.step_number):
             self.seen_checkpoints.add(checkpoint.id)
             metrics = checkpoint.metrics.model_dump(exclude_none=True) if checkpoint.metrics else {}
@@ -203,16 +212,20 @@ class _Run:
         if not self.progress.cancelled():
             return
         if self.job_id is not None and not self.ended:
-            try:
-                self.client.fine_tuning.jobs.cancel(self.job_id)
-                self.ended = True
-                self.progress.event(f"Cancelled the provider's job {self.job_id}")
-            except openai.OpenAIError as error:
-                self.progress.event(
-                    f"Could not cancel the provider's job {self.job_id} ({_describe(error)}): cancel it on {self.host}",
-                    level="warn",
-                )
+            self.cancel(self.client)
         raise TrainingCancelled()
+
+    def cancel(self, client: openai.OpenAI) -> None:
+        self.ended = True
+        try:
+            client.fine_tuning.jobs.cancel(self.job_id)
+        except openai.OpenAIError as error:
+            self.progress.event(
+                f"Could not cancel the provider's job {self.job_id} ({_describe(error)}): cancel it on {self.host}",
+                level="warn",
+            )
+        else:
+            self.progress.event(f"Cancelled the provider's job {self.job_id}")
 
     def wait(self, seconds: float) -> None:
         """Sleep, looking at ``progress.cancelled()`` every 0.1 s."""
@@ -225,10 +238,8 @@ class _Run:
     def close(self) -> None:
         """The provider's job is left running only when the platform cannot reach it; the uploaded files go."""
         if self.job_id is not None and not self.ended:
-            try:  # an unexpected end (provider unreachable, a bug): do not leave a paid job running unwatched
-                self.poller.fine_tuning.jobs.cancel(self.job_id)
-            except openai.OpenAIError:
-                log.warning("could not cancel the provider's job %s on %s", self.job_id, self.host)
+            # An unexpected end (the provider unreachable, a bug): do not leave a paid job running unwatched.
+            self.cancel(self.poller)
         for file_id in self.uploaded:
             try:
                 self.poller.files.delete(file_id)
@@ -238,13 +249,11 @@ class _Run:
 
     # ------------------------------------------------------------------------------------------------ errors
 
-    def call(self, what: str, request, *, param: str | None = None):
+    def call(self, what: str, request: Callable[[], T], *, param: str | None = None) -> T:
         try:
             return request()
         except openai.OpenAIError as error:
             raise self.failure(error, what, param=param) from None
-        except OSError as error:  # the job's own file
-            raise TrainingError(f"Could not read the file to {what.removeprefix('upload the ')}: {error}") from None
 
     def failure(self, error: Exception, what: str, *, param: str | None = None) -> TrainingError:
         where = f"the provider at {self.base_url}"

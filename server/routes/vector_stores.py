@@ -69,6 +69,16 @@ async def _store_objects(services: Services, app_id: str, stores: list[tables.Ve
     return [store_object(store, counts[store.id], default_id) for store in stores]
 
 
+def knowledge_file(file: tables.File, param: str) -> None:
+    """Only documents (purpose ``assistants``) go into vector stores; fine-tuning data does not."""
+    if file.purpose != "assistants":
+        raise InvalidRequest(
+            f"File {file.id} has purpose '{file.purpose}': only files with purpose 'assistants' go into vector stores.",
+            param=param,
+            code="invalid_value",
+        )
+
+
 def file_object(row: tables.VectorStoreFile) -> VectorStoreFileObject:
     return VectorStoreFileObject(
         id=row.file_id,
@@ -86,7 +96,7 @@ async def create_vector_store(body: VectorStoreCreate, caller: AppCaller, servic
     check_chunking_strategy(body.chunking_strategy)
     file_ids = list(dict.fromkeys(body.file_ids or []))
     for file_id in file_ids:  # every file is the app's, or nothing is created
-        await services.files.get(caller.app_id, file_id, param="file_ids")
+        knowledge_file(await services.files.get(caller.app_id, file_id, param="file_ids"), "file_ids")
     store = await services.vector_stores.create(caller.app_id, name=body.name, metadata=body.metadata)
     if body.default:
         await services.vector_stores.set_default(caller.app_id, store.id, True)
@@ -155,7 +165,7 @@ async def create_vector_store_file(
         )
     check_chunking_strategy(body.chunking_strategy)
     await services.vector_stores.get(caller.app_id, vector_store_id)
-    await services.files.get(caller.app_id, body.file_id)
+    knowledge_file(await services.files.get(caller.app_id, body.file_id), "file_id")
     return file_object(await services.knowledge_base.attach(caller.app_id, vector_store_id, body.file_id))
 
 
