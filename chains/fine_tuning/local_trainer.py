@@ -148,11 +148,11 @@ class LocalTrainer:
         self.cache_base = cache_base  # keep the dequantized model beside the GGUF for later jobs
 
     def train(self, spec: TrainingSpec, progress: Progress) -> TrainingResult:
+        torch = _import_train_modules()["torch"]
         gguf_path = self._gguf_path(spec)
-        modules = _import_train_modules()
-        torch = modules["torch"]
         threads = self.threads or int(os.environ.get(THREADS_ENV) or 0) or os.cpu_count() or 1
         torch.set_num_threads(threads)
+        torch.set_flush_denormal(True)  # LoRA's gradients shrink towards denormals as the loss nears 0: slow on CPUs
         _seed_everything(spec.seed, torch)
 
         train_examples = read_examples(spec.training_file)
@@ -296,6 +296,8 @@ def resolve_hyperparameters(requested: Hyperparameters, n_examples: int, n_seque
 
 def add_lora(model, *, seed: int):
     """PEFT's LoRA on the attention and MLP projections; only its matrices train."""
+    import warnings
+
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -303,7 +305,9 @@ def add_lora(model, *, seed: int):
     config = LoraConfig(
         r=LORA_RANK, lora_alpha=LORA_ALPHA, lora_dropout=0.0, target_modules=list(TARGET_MODULES), bias="none"
     )
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # peft asks transformers 5 for a renamed attribute
+        return get_peft_model(model, config)
 
 
 def lora_weights(model) -> dict[str, tuple[Any, Any]]:
@@ -460,9 +464,11 @@ def load_base_model(gguf_path: Path, *, cache: bool = True, progress: Progress |
             tokenizer = AutoTokenizer.from_pretrained(cache_dir, local_files_only=True)
             model = AutoModelForCausalLM.from_pretrained(cache_dir, dtype=torch.float32, local_files_only=True)
             return model, tokenizer, f"the copy in {cache_dir.name}"
-        except (OSError, ValueError) as error:  # a damaged copy: start again from the GGUF
+        except Exception as error:  # a damaged copy, or one being replaced: read the GGUF
             if progress is not None:
-                progress.event(f"The saved copy of the base model is unusable ({error}); reading the GGUF", level="warn")
+                progress.event(
+                    f"The saved copy of the base model is unusable ({error}); reading the GGUF", level="warn"
+                )
 
     kwargs = {"gguf_file": gguf_path.name, "local_files_only": True}
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs)
@@ -492,9 +498,12 @@ def _save_copy(model, tokenizer, cache_dir: Path, stamp: str, progress: Progress
         model.save_pretrained(partial)
         tokenizer.save_pretrained(partial)
         (partial / "STAMP").write_text(stamp)
+        if _read(cache_dir / "STAMP") == stamp:  # another job saved it meanwhile
+            shutil.rmtree(partial, ignore_errors=True)
+            return
         shutil.rmtree(cache_dir, ignore_errors=True)
         os.replace(partial, cache_dir)
-    except OSError as error:  # no room, read-only: train anyway, from the GGUF next time too
+    except Exception as error:  # no room, read-only, ...: train anyway, from the GGUF next time too
         shutil.rmtree(partial, ignore_errors=True)
         if progress is not None:
             progress.event(f"Could not keep a copy of the base model in {cache_dir}: {error}", level="warn")

@@ -84,7 +84,6 @@ def write_lora_gguf(
     if dtype not in ("f32", "f16"):
         raise ValueError(f"dtype must be f32 or f16, not {dtype!r}")
     np_dtype = np.float32 if dtype == "f32" else np.float16
-    ranks = set()
     tensors: list[tuple[str, np.ndarray]] = []
     for module, (lora_a, lora_b) in sorted(weights.items(), key=lambda item: _module_order(item[0])):
         lora_a, lora_b = np.asarray(lora_a), np.asarray(lora_b)
@@ -92,7 +91,6 @@ def write_lora_gguf(
             raise ValueError(
                 f"{module}: lora_A {lora_a.shape} and lora_B {lora_b.shape} are not (rank, n_in) and (n_out, rank)"
             )
-        ranks.add(lora_a.shape[0])
         base = gguf_weight_name(module, architecture=architecture, n_layers=n_layers)
         tensors.append((base + ".lora_a", np.ascontiguousarray(lora_a, dtype=np_dtype)))
         tensors.append((base + ".lora_b", np.ascontiguousarray(lora_b, dtype=np_dtype)))
