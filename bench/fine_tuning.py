@@ -24,9 +24,8 @@ import sys
 import time
 from pathlib import Path
 
-from harness import ROOT, Children, add_common_args, child_env, free_port, run, start_platform
-
 import openai  # noqa: E402
+from harness import ROOT, Children, add_common_args, child_env, free_port, run, start_platform
 
 DATASET = ROOT / "evals" / "datasets" / "made_up_facts.jsonl"
 BASE = "gemma-3-270m"
@@ -46,10 +45,12 @@ def main() -> int:
     parser.add_argument("--tokens-runs", type=int, default=2, help="streamed answers per prompt for tokens/s")
     args = parser.parse_args()
     plan = [
-        f"dataset: {DATASET.relative_to(ROOT)} (train: 24 lines, heldout: 12 paraphrases, control: 6 known facts)",
+        f"dataset: {DATASET.relative_to(ROOT)} (train: 36 lines, 12 made-up facts in two phrasings and 12 ordinary questions; heldout: 12 paraphrases of the made-up facts and 6 known facts as controls)",
         f"job: local trainer, n_epochs {args.epochs}; gate {args.gate} with the base run as baseline",
     ]
-    return run(args, "Fine-tuning the local model: the loop, measured", plan, {"platform": args.platform_ref}, measure, report)
+    return run(
+        args, "Fine-tuning the local model: the loop, measured", plan, {"platform": args.platform_ref}, measure, report
+    )
 
 
 def measure(args: argparse.Namespace, children: Children, roots: dict[str, Path]) -> dict:
@@ -70,26 +71,32 @@ def measure(args: argparse.Namespace, children: Children, roots: dict[str, Path]
             [sys.executable, "-m", "server", *argv], cwd=root, env=env, capture_output=True, text=True, timeout=1800
         )
 
-    def evaluate(model: str, split: str) -> float:
-        out = children.workdir / f"eval-{model.replace(':', '_')}-{split}"
+    def evaluate(model: str, split: str, tag: str | None = None) -> float:
+        name = f"{split}-{tag}" if tag else split
+        out = children.workdir / f"eval-{model.replace(':', '_')}-{name}"
         done = genai(
-            "eval", "run", str(DATASET), "--split", split, "--target", url, "--api-key", key, "--model", model,
+            "eval", "run", str(DATASET), "--split", split, *(["--tag", tag] if tag else []), "--target", url, "--api-key", key, "--model", model,
             "--evaluators", "contains", "--concurrency", "1", "--max-tokens", "24", "--out", str(out), "-q",
         )  # fmt: skip
         if done.returncode not in (0, 1):
             raise RuntimeError(f"eval run failed: {done.stderr[-2000:]}")
         summary = json.loads((out / "summary.json").read_text())
-        results[f"run:{model}:{split}"] = str(out)
+        results[f"run:{model}:{name}"] = str(out)
         return summary["evaluators"]["contains"]["pass_rate"]
 
-    for split in ("heldout", "control", "train"):
-        results[f"base:{split}"] = evaluate(BASE, split)
+    def evaluate_all(model: str, label: str) -> None:
+        results[f"{label}:heldout"] = evaluate(model, "heldout")  # what the promote gate reads
+        results[f"{label}:made-up"] = evaluate(model, "heldout", "made-up")
+        results[f"{label}:control"] = evaluate(model, "heldout", "control")
+        results[f"{label}:train"] = evaluate(model, "dev", "train")
+
+    evaluate_all(BASE, "base")
 
     lines = [json.loads(line) for line in DATASET.read_text().splitlines() if line.strip()]
     training = [
         {"messages": [*line["messages"], {"role": "assistant", "content": line["reference"]}]}
         for line in lines
-        if line["metadata"]["split"] == "train"
+        if "train" in line.get("tags", [])
     ]
     data = "".join(json.dumps(example) + "\n" for example in training).encode()
     file = client.files.create(file=("made_up_facts.jsonl", data), purpose="fine-tune")
@@ -115,8 +122,7 @@ def measure(args: argparse.Namespace, children: Children, roots: dict[str, Path]
     results["trained_tokens"] = job.trained_tokens
     results["tuned"] = tuned
 
-    for split in ("heldout", "control", "train"):
-        results[f"tuned:{split}"] = evaluate(tuned, split)
+    evaluate_all(tuned, "tuned")
     for model, name in ((BASE, "base"), (tuned, "tuned")):
         results[f"tokens_per_s:{name}"] = tokens_per_second(client, model, args.tokens_runs)
     promote = genai(
@@ -160,10 +166,18 @@ def report(results: dict, args: argparse.Namespace) -> None:
         f"{results['trained_tokens']} tokens trained; trainer peak memory {results.get('peak_rss_mib', 0)} MiB"
     )
     print("eval (contains, pass rate):     base    tuned")
-    for split, label in (("heldout", "made-up facts, paraphrased"), ("train", "made-up facts, as taught"), ("control", "control questions")):
+    rows = (
+        ("made-up", "made-up facts, paraphrased"),
+        ("control", "control questions (not taught)"),
+        ("heldout", "held-out split (both)"),
+        ("train", "training questions"),
+    )
+    for split, label in rows:
         print(f"  {label:<30} {results[f'base:{split}']:.2f}    {results[f'tuned:{split}']:.2f}")
     base, tuned = results["tokens_per_s:base"], results["tokens_per_s:tuned"]
-    print(f"decoding through the platform: base {base:.1f} tokens/s, tuned {tuned:.1f} tokens/s (ratio {tuned / base:.2f})")
+    print(
+        f"decoding through the platform: base {base:.1f} tokens/s, tuned {tuned:.1f} tokens/s (ratio {tuned / base:.2f})"
+    )
     verdict = "promoted" if results["promote_status"] == 0 else "refused"
     print(f"promote gate ({args.gate}, no worse than base): {verdict}")
     for line in results["promote_output"].splitlines():

@@ -22,9 +22,7 @@ class Verdict:
     lines: list[str]
 
 
-def promotion_verdict(
-    model: str, run: str | Path, gates: Sequence[str], baseline: str | Path | None = None
-) -> Verdict:
+def promotion_verdict(model: str, run: str | Path, gates: Sequence[str], baseline: str | Path | None = None) -> Verdict:
     """Whether ``run`` shows that ``model`` passes ``gates`` (and is no worse than ``baseline``); raises GateError
     when the runs cannot decide it (wrong model, malformed gate, no gate)."""
     if not gates:

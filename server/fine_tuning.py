@@ -219,9 +219,7 @@ class FineTuning:
     async def models_of(self, caller: Caller) -> list[ChatModel]:
         """The app's tuned models that it may use (their base route is allowed and still configured)."""
         rows = await self.store.list_models(caller.app_id)
-        return [
-            self._register(row) for row in rows if row.base_model in self.models and caller.may_use(row.base_model)
-        ]
+        return [self._register(row) for row in rows if row.base_model in self.models and caller.may_use(row.base_model)]
 
     async def delete_model(self, caller: Caller, name: str) -> None:
         """Delete the app's tuned model: its route, its adapter, the provider's copy; and the app's default if it

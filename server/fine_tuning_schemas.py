@@ -29,7 +29,9 @@ class Hyperparameters(BaseModel):
 
     def asked(self) -> dict[str, Any]:
         """Each hyperparameter as asked, "auto" where unset."""
-        return {name: getattr(self, name) if getattr(self, name) is not None else "auto" for name in type(self).model_fields}
+        return {
+            name: getattr(self, name) if getattr(self, name) is not None else "auto" for name in type(self).model_fields
+        }
 
 
 class Supervised(BaseModel):
@@ -127,7 +129,12 @@ class JobObject(ResponseBody):
     @classmethod
     def of(cls, job: tables.FineTuningJob) -> JobObject:
         hyperparameters = JobHyperparameters(
-            **{"n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": "auto", **(job.hyperparameters or {})}
+            **{
+                "n_epochs": "auto",
+                "batch_size": "auto",
+                "learning_rate_multiplier": "auto",
+                **(job.hyperparameters or {}),
+            }
         )
         return cls(
             id=job.id,

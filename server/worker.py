@@ -170,9 +170,7 @@ class JobRunner:
         else:
             log.info("job %s: stopped after its cancel", job.id)
 
-    async def _relay(
-        self, store: FineTuningStore, job_id: str, messages, wait: float = 0.0
-    ) -> tuple[Any, ...] | None:
+    async def _relay(self, store: FineTuningStore, job_id: str, messages, wait: float = 0.0) -> tuple[Any, ...] | None:
         """Write what the child reported; its final outcome when it sent one."""
         outcome = None
         while True:

@@ -64,7 +64,9 @@ class FineTuningStore:
                 cursor=cursor,
             )  # fmt: skip
         if metadata:  # JSON columns compare differently per database: filter here (an app has few jobs)
-            matching = [job for job in page.items if all((job.user_metadata or {}).get(k) == v for k, v in metadata.items())]
+            matching = [
+                job for job in page.items if all((job.user_metadata or {}).get(k) == v for k, v in metadata.items())
+            ]
             return Page(items=matching[:limit], has_more=len(matching) > limit or page.has_more)
         return page
 
@@ -148,8 +150,12 @@ class FineTuningStore:
         async with self.db.session() as session, session.begin():
             session.add(
                 FineTuningCheckpoint(
-                    id=new_id("ftckpt_"), job_id=job_id, step_number=step, metrics=metrics,
-                    fine_tuned_model_checkpoint=model, created_at=now(),
+                    id=new_id("ftckpt_"),
+                    job_id=job_id,
+                    step_number=step,
+                    metrics=metrics,
+                    fine_tuned_model_checkpoint=model,
+                    created_at=now(),
                 )  # fmt: skip
             )
 
@@ -181,8 +187,11 @@ class FineTuningStore:
                 update(FineTuningJob)
                 .where(FineTuningJob.id == job_id, FineTuningJob.status == "running")
                 .values(
-                    status="succeeded", fine_tuned_model=model.id, trained_tokens=trained_tokens,
-                    hyperparameters=hyperparameters, finished_at=now(),
+                    status="succeeded",
+                    fine_tuned_model=model.id,
+                    trained_tokens=trained_tokens,
+                    hyperparameters=hyperparameters,
+                    finished_at=now(),
                 )  # fmt: skip
             )
             if result.rowcount == 0:
@@ -194,7 +203,9 @@ class FineTuningStore:
 
     async def get_model(self, app_id: str, model_id: str) -> TunedModel | None:
         async with self.db.session() as session:
-            return await session.scalar(select(TunedModel).where(TunedModel.id == model_id, TunedModel.app_id == app_id))
+            return await session.scalar(
+                select(TunedModel).where(TunedModel.id == model_id, TunedModel.app_id == app_id)
+            )
 
     async def list_models(self, app_id: str) -> list[TunedModel]:
         async with self.db.session() as session:

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -48,8 +47,10 @@ def routes(remote, mock_upstream) -> list[ModelRoute]:
 
 
 @pytest.fixture
-def platform(live_server, routes) -> LiveServer:
-    return live_server(model_routes=routes, worker_heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT)
+def platform(request, live_server, routes) -> LiveServer:
+    """The API; its job queue on SQLite in the data dir, or on Redis when the test asks for ``"redis"``."""
+    redis = {"redis_url": request.getfixturevalue("redis_url")} if getattr(request, "param", None) == "redis" else {}
+    return live_server(model_routes=routes, worker_heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT, **redis)
 
 
 @pytest.fixture
@@ -66,6 +67,7 @@ def start_worker(platform, routes, tmp_path) -> Iterator[Callable[[], subprocess
         "GENAI_FINE_TUNING_POLL_SECONDS": "0.05",
         "GENAI_FINE_TUNING_CANCEL_GRACE_SECONDS": "2",
         "GENAI_WORKER_HEARTBEAT_TIMEOUT_SECONDS": str(HEARTBEAT_TIMEOUT),
+        **({"GENAI_REDIS_URL": settings.redis_url} if settings.redis_url else {}),
     }
 
     def start() -> subprocess.Popen:
@@ -106,6 +108,7 @@ def messages(client: openai.OpenAI, job_id: str) -> list[str]:
     return [event.message for event in reversed(list(client.fine_tuning.jobs.list_events(job_id, limit=100)))]
 
 
+@pytest.mark.parametrize("platform", ["sqlite", "redis"], indirect=True)
 def test_a_job_makes_a_model_that_only_its_app_sees_and_uses(platform, start_worker, remote):
     client, other = platform.openai(), platform.openai(platform.create_key("other"))
     training = upload(client)
@@ -130,7 +133,9 @@ def test_a_job_makes_a_model_that_only_its_app_sees_and_uses(platform, start_wor
 
     log = messages(client, job.id)
     assert log[:3] == [
-        f"Validating training file: {training}", "Files validated, moving job to queued state", "Fine-tuning job started"
+        f"Validating training file: {training}",
+        "Files validated, moving job to queued state",
+        "Fine-tuning job started",
     ]
     assert log[-2:] == [f"New fine-tuned model created: {tuned}", "The job has successfully completed"]
     metrics = [e for e in client.fine_tuning.jobs.list_events(job.id, limit=100) if e.type == "metrics"]
@@ -261,6 +266,18 @@ def test_one_job_per_worker_and_a_stopped_worker_queues_its_job_again(platform, 
     start_worker()
     for job_id in (first.id, second.id):
         assert wait_for(client, job_id, finished, timeout=90).status == "succeeded"
+
+
+def test_a_failed_training_fails_the_job_with_the_reason(platform, start_worker, remote):
+    client = platform.openai()
+    remote.control.fail_next, remote.control.fail_code = "The training file has too few examples.", "invalid_n_examples"
+    job = client.fine_tuning.jobs.create(model="tuner", training_file=upload(client))
+    start_worker()
+    job = wait_for(client, job.id, finished)
+    assert (job.status, job.error.code, job.fine_tuned_model) == ("failed", "invalid_n_examples", None)
+    assert job.error.message == "The training file has too few examples."
+    assert messages(client, job.id)[-1] == "The job failed: The training file has too few examples."
+    assert [m.id for m in client.models.list() if m.id.startswith("ft:")] == []
 
 
 def test_a_killed_worker_fails_its_job(platform, start_worker, remote):

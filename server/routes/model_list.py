@@ -9,9 +9,9 @@ from fastapi import APIRouter
 from chains.images import ImageModel
 from chains.model_routes import ChatModel
 from server.deps import AnyCaller, AppCaller, ServicesDep
+from server.fine_tuning_schemas import ModelDeleted
 from server.image_schemas import ImageModelObject
 from server.knowledge_schemas import EmbeddingModelObject
-from server.fine_tuning_schemas import ModelDeleted
 from server.schemas import Model, ObjectList
 from server.services import Services
 

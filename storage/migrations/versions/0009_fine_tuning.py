@@ -48,9 +48,7 @@ def upgrade() -> None:
     op.create_table(
         "fine_tuning_events",
         sa.Column("id", sa.String(64), primary_key=True),
-        sa.Column(
-            "job_id", sa.String(64), sa.ForeignKey("fine_tuning_jobs.id", ondelete="CASCADE"), nullable=False
-        ),
+        sa.Column("job_id", sa.String(64), sa.ForeignKey("fine_tuning_jobs.id", ondelete="CASCADE"), nullable=False),
         sa.Column("level", sa.String(8), nullable=False),
         sa.Column("message", sa.Text(), nullable=False),
         sa.Column("type", sa.String(16), nullable=False),
@@ -61,9 +59,7 @@ def upgrade() -> None:
     op.create_table(
         "fine_tuning_checkpoints",
         sa.Column("id", sa.String(64), primary_key=True),
-        sa.Column(
-            "job_id", sa.String(64), sa.ForeignKey("fine_tuning_jobs.id", ondelete="CASCADE"), nullable=False
-        ),
+        sa.Column("job_id", sa.String(64), sa.ForeignKey("fine_tuning_jobs.id", ondelete="CASCADE"), nullable=False),
         sa.Column("step_number", sa.Integer(), nullable=False),
         sa.Column("metrics", sa.JSON(), nullable=False),
         sa.Column("fine_tuned_model_checkpoint", sa.String(256), nullable=False),
