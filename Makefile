@@ -37,6 +37,7 @@ bench: $(STAMP) services
 	$(BIN)/python bench/output_filters.py
 	$(BIN)/python bench/safety_overhead.py
 	$(BIN)/python bench/safety_set.py
+	$(BIN)/python bench/fine_tuning.py
 
 clean:
 	rm -rf $(VENV) .cache

@@ -188,6 +188,16 @@ def test_rated_answers_export_as_an_evaluation_dataset(rated):
     rated.create_key("other")
     assert export(rated, "--app", "tests")[0] and export(rated, "--app", "other")[0] == []
 
+    # As a fine-tuning file: the well-rated answer as it was, the corrected one with its correction.
+    lines, note = export(rated, "--app", "tests", "--format", "fine-tune")
+    assert sorted(lines, key=lambda line: len(line["messages"])) == [  # rated in the same second: either order
+        {"messages": [*examples[0]["messages"], {"role": "assistant", "content": "Mock reply."}]},
+        {"messages": [*examples[1]["messages"], {"role": "assistant", "content": "Two."}]},
+    ]
+    assert "0 rated answers left out: rated low and not corrected" in note
+    data = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    assert client.files.create(file=("rated.jsonl", data), purpose="fine-tune").purpose == "fine-tune"
+
 
 def test_export_refuses_a_bad_date(rated):
     done = run_export(rated, "--since", "yesterday")
