@@ -156,11 +156,11 @@ class JobRunner:
                 break
             await asyncio.sleep(0.2)
         await asyncio.to_thread(child.join, 10)
-        if requeue:
+        if outcome is not None and outcome[0] == "done":  # finished as the worker was told to stop: keep it
+            await self._succeed(store, job, spec, outcome[1])
+        elif requeue:
             await self._requeue(store, job, "The worker stopped during training; the job is queued again and will "
                                 "start over.")  # fmt: skip
-        elif outcome is not None and outcome[0] == "done":
-            await self._succeed(store, job, spec, outcome[1])
         elif outcome is not None and outcome[0] == "failed":
             await self._fail(store, job.id, outcome[1], outcome[2], outcome[3])
         elif kill_at is None and (outcome is None or outcome[0] != "cancelled"):

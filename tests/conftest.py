@@ -251,8 +251,10 @@ def genai_serve(
     """``genai serve --port P *args`` as a user runs it, in its own session, writing to ``log_path``.
 
     Yields (process, base URL) once ``ready_path`` answers 200 and ``ready(log text)`` holds; then
-    stops it as Ctrl-C would (SIGINT to its process group; SIGKILL after 30 s).
+    stops it as Ctrl-C would (SIGINT to its process group; SIGKILL after 30 s). No fine-tuning worker is started
+    unless ``env`` sets ``GENAI_START_WORKER`` (tests of jobs and of the process tree do).
     """
+    env = {"GENAI_START_WORKER": "false", **env}
     port = free_port()
     with open(log_path, "wb") as log:
         process = subprocess.Popen(

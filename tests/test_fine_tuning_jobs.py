@@ -323,6 +323,11 @@ def test_promote_only_through_the_gate(platform, start_worker, tmp_path, monkeyp
     assert default_model() is None
     assert promote("--run", str(runs["better"]), "--gate", "contains>=0.6", "--baseline", str(runs["base"])) == 0
     assert default_model() == tuned
+    platform.services.auth.forget()  # the API caches a key's app for a few seconds
+    with platform.http() as http:  # a request that names no model (LangServe's /chat) gets the app's default
+        reply = http.post("/chat/invoke", json={"input": {"messages": [{"type": "human", "content": "Hi"}]}})
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["output"]["response_metadata"]["model_name"] == tuned
     assert client.models.delete(tuned).deleted  # deleting the model gives the app back the platform's default
     assert default_model() is None
 

@@ -37,6 +37,7 @@ def test_a_local_job_tunes_the_embedded_model_and_its_app_chats_with_it(tmp_path
         GENAI_ADMIN_KEY=ADMIN_KEY,
         GENAI_CACHE_ENABLED="false",
         GENAI_WORKER_POLL_SECONDS="0.5",
+        GENAI_START_WORKER="true",  # as on the embedded defaults (the tests' genai serve starts none otherwise)
     )
     data = "".join(
         json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}) + "\n"

@@ -69,6 +69,7 @@ def test_no_child_outlives_genai_serve(tmp_path, workers, stop_signal):
         "GENAI_LOCAL_MODEL_PATH": str(MODEL_PATH),
         "GENAI_LOCAL_MODEL_CONTEXT": "1024",
         "GENAI_ADMIN_KEY": ADMIN_KEY,
+        "GENAI_START_WORKER": "true",
     }
     for name in ("GENAI_LOCAL_MODEL_URL", "GENAI_MODEL_ROUTES", "GENAI_REDIS_URL", "GENAI_CONFIG_FILE"):
         env.pop(name, None)
@@ -77,6 +78,7 @@ def test_no_child_outlives_genai_serve(tmp_path, workers, stop_signal):
         children = descendants(serve.pid)
         commands = {pid: Path(f"/proc/{pid}/cmdline").read_bytes() for pid in children}
         assert sum(b"chains.llama_server" in command for command in commands.values()) == 1
+        assert sum(b"server\x00worker" in command for command in commands.values()) == 1  # the fine-tuning worker
         assert len(children) >= 1 + (workers if workers > 1 else 0)  # llama.cpp, and the workers when several
 
         os.kill(serve.pid, stop_signal)
