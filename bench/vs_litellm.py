@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import json
 import os
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -45,6 +46,9 @@ from harness import (
 )
 
 LITELLM_VENV = ROOT / ".cache" / "litellm-venv"
+# LiteLLM refuses to start without a master key; with one (and no database) it checks each request's key, as the
+# platform checks its own: both sides authenticate every request.
+LITELLM_KEY = "sk-bench-" + secrets.token_hex(16)
 
 
 def ensure_litellm(version: str) -> Path:
@@ -77,7 +81,9 @@ def start_litellm(children: Children, command: Path, upstream_url: str, workers:
         )
     )
     port = free_port()
-    env = child_env(LITELLM_LOG="ERROR", LITELLM_TELEMETRY="False", DISABLE_SCHEMA_UPDATE="true")
+    env = child_env(
+        LITELLM_LOG="ERROR", LITELLM_TELEMETRY="False", DISABLE_SCHEMA_UPDATE="true", LITELLM_MASTER_KEY=LITELLM_KEY
+    )
     name = f"litellm-{workers}w"
     process = children.popen(
         name,
@@ -142,7 +148,7 @@ def measure(args: argparse.Namespace, children: Children, roots: dict[str, Path]
             )  # fmt: skip
             port = free_port()
             url, key = start_platform(children, f"platform-{workers}w", port, env, roots["platform"])
-            lite = Target("litellm", f"{lite_url}/v1", args.client, "sk-any")
+            lite = Target("litellm", f"{lite_url}/v1", args.client, LITELLM_KEY)
             stateless = Target("platform", f"{url}/v1", args.client, key)
             conversing = Target("conversation", f"{url}/v1", args.client, key)
             targets = [lite, stateless, conversing]
