@@ -66,6 +66,18 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+def stop_process(process: subprocess.Popen, *, timeout: float) -> None:
+    """SIGTERM a child the platform started, and SIGKILL it when it has not exited within ``timeout`` seconds."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 class LocalModelServer:
     """A llama.cpp server child process on loopback; use as a context manager."""
 
@@ -148,14 +160,8 @@ class LocalModelServer:
 
     def stop(self) -> None:
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        if process is not None:
+            stop_process(process, timeout=10)
 
     def __enter__(self) -> LocalModelServer:
         return self.start()

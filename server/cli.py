@@ -145,7 +145,7 @@ def start_local_model(settings: Settings, children: contextlib.ExitStack) -> str
 def start_worker(settings: Settings, children: contextlib.ExitStack) -> None:
     """One ``genai worker`` for fine-tuning jobs, stopped with ``children`` (SIGTERM: a running job goes back to the
     queue); it exits by itself if this process dies."""
-    from chains.local_model_process import PARENT_PID_ENV
+    from chains.local_model_process import PARENT_PID_ENV, stop_process
 
     logs = settings.data_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -160,14 +160,8 @@ def start_worker(settings: Settings, children: contextlib.ExitStack) -> None:
     )
     log.info("fine-tuning worker started (pid %d, log %s)", process.pid, logs / "worker.log")
 
-    def stop() -> None:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=settings.fine_tuning_cancel_grace_seconds + 15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    def stop() -> None:  # the worker puts its running job back in the queue within the cancel grace
+        stop_process(process, timeout=settings.fine_tuning_cancel_grace_seconds + 15)
         output.close()
 
     children.callback(stop)

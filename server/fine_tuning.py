@@ -242,12 +242,11 @@ class FineTuning:
         """OpenAI keeps a tuned model until it is deleted there too; a failure is logged (the route is gone)."""
         import openai
 
-        base = next((chat.route for chat in self.models if chat.route.name == row.base_model), None)
-        if base is None:
+        from chains.fine_tuning.openai_trainer import delete_provider_model
+
+        if row.base_model not in self.models:
             return
-        deployment = base.deployment_list[0]
         try:
-            client = openai.OpenAI(base_url=deployment.base_url, api_key=deployment.resolve_api_key(), timeout=10)
-            client.models.delete(row.upstream_model)
+            delete_provider_model(self.models.get(row.base_model).route, row.upstream_model)
         except openai.OpenAIError as exc:
             log.warning("the provider's copy of %s was not deleted: %s", row.id, exc)

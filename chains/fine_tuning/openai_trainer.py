@@ -33,6 +33,7 @@ from chains.fine_tuning.base import (
     TrainingResult,
     TrainingSpec,
 )
+from chains.model_routes import ModelRoute
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -41,6 +42,23 @@ FINAL = ("succeeded", "failed", "cancelled")  # any other status (queued, runnin
 PAGE = 100  # events or checkpoints per request
 TRANSIENT = (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError)
 LEVELS = {"info": "info", "warn": "warn", "warning": "warn", "error": "error"}
+
+
+def provider_client(route: ModelRoute, *, max_retries: int, timeout: float | None = None) -> openai.OpenAI:
+    """The official client of the provider that serves ``route`` (its first deployment): its URL and key, and the
+    route's timeouts unless ``timeout`` is given."""
+    deployment = route.deployment_list[0]
+    return openai.OpenAI(
+        base_url=deployment.base_url,
+        api_key=deployment.resolve_api_key(),
+        max_retries=max_retries,
+        timeout=httpx.Timeout(timeout or route.timeout, connect=route.connect_timeout),
+    )
+
+
+def delete_provider_model(route: ModelRoute, model: str) -> None:
+    """Delete a tuned model from the provider that made it (OpenAI keeps one until it is deleted there)."""
+    provider_client(route, max_retries=2, timeout=10).models.delete(model)
 
 
 class OpenAITrainer:
@@ -73,12 +91,7 @@ class _Run:
         self.base_url = deployment.base_url
         self.host = urlsplit(self.base_url).netloc or self.base_url
         self.model = deployment.model or route.upstream_model
-        self.client = openai.OpenAI(
-            base_url=deployment.base_url,
-            api_key=deployment.resolve_api_key(),
-            max_retries=trainer.max_retries,
-            timeout=httpx.Timeout(route.timeout, connect=route.connect_timeout),
-        )
+        self.client = provider_client(route, max_retries=trainer.max_retries)
         self.poller = self.client.with_options(max_retries=0)
         self.uploaded: list[str] = []
         self.job_id: str | None = None
