@@ -199,9 +199,10 @@ def provision_key(root: Path, env: dict[str, str]) -> str | None:
 
 
 def platform_env(args: argparse.Namespace, data_dir: Path, **genai: str) -> dict[str, str]:
-    """A platform's environment: ``genai`` settings, Redis, its own data dir, the log level asked for."""
+    """A platform's environment: ``genai`` settings, Redis, its own data dir, the log level asked for; one worker
+    unless ``genai`` sets ``GENAI_WORKERS`` (with Redis, genai serve would start one per core)."""
     return child_env(
-        **genai,
+        **{"GENAI_WORKERS": "1", **genai},
         GENAI_REDIS_URL=args.redis_url,
         GENAI_DATA_DIR=str(data_dir),
         **({"GENAI_LOG_LEVEL": args.platform_log_level} if args.platform_log_level else {}),

@@ -11,6 +11,10 @@ answers, and stops it with the platform, however the platform stops:
 
 Worker processes of ``genai serve --workers N`` watch their parent the same way.
 
+The server keeps recent prompts' key-value states in RAM (``PROMPT_CACHE_BYTES``, ``--cache``; see
+``chains.llama_server.lean_saved_states`` for why that is affordable), so that a conversation's next turn re-reads
+only what is new even when other requests came in between.
+
 With ``adapters_dir``, the server also answers tuned models (``ft:...:<id>``) with the LoRA adapter
 ``<adapters_dir>/<id>.gguf`` applied per request (see ``chains.llama_server``); adapters written there later are
 served without a restart.
@@ -38,6 +42,12 @@ log = logging.getLogger(__name__)
 
 PARENT_PID_ENV = "GENAI_PARENT_PID"
 PARENT_POLL_SECONDS = 0.5
+# llama.cpp's RAM prompt cache: the key-value states of recent prompts (about 18 KB a token on Gemma 3 270M, so some
+# 14,000 tokens: half a dozen long conversations), so that conversations whose turns interleave each find their prefix
+# instead of re-reading their history. Measured with two interleaved conversations of ~250-token turns: prompt
+# tokens reused 0% without, ~80% with it; time to first token ~2-5 s without, ~0.3-0.6 s with; the server's memory
+# stayed under its size on top of ~0.5 GB. Saving a state costs ~50 ms at 2,000 tokens, after the answer.
+PROMPT_CACHE_BYTES = 256 * 1024 * 1024
 
 
 def watch_parent(parent_pid: int, on_orphaned: Callable[[], None]) -> threading.Thread:
@@ -91,6 +101,7 @@ class LocalModelServer:
         log_path: Path | None = None,
         startup_timeout: float = 180.0,
         adapters_dir: Path | None = None,
+        prompt_cache_bytes: int = PROMPT_CACHE_BYTES,
     ) -> None:
         self.model_path = Path(model_path)
         self.context_window = context_window
@@ -99,6 +110,7 @@ class LocalModelServer:
         self.log_path = log_path
         self.startup_timeout = startup_timeout
         self.adapters_dir = Path(adapters_dir) if adapters_dir is not None else None
+        self.prompt_cache_bytes = prompt_cache_bytes  # 0: no prompt cache (only the previous request's prefix)
         self.process: subprocess.Popen | None = None
 
     @property
@@ -107,6 +119,7 @@ class LocalModelServer:
 
     def command(self) -> list[str]:
         adapters = ["--adapters_dir", str(self.adapters_dir)] if self.adapters_dir is not None else []
+        cache = ["--cache", "True", "--cache_type", "ram", "--cache_size", str(self.prompt_cache_bytes)]
         return [
             sys.executable, "-m", "chains.llama_server",
             "--model", str(self.model_path),
@@ -122,6 +135,7 @@ class LocalModelServer:
             # a shared platform must queue them instead.
             "--interrupt_requests", "False",
             *adapters,
+            *(cache if self.prompt_cache_bytes > 0 else []),
         ]  # fmt: skip
 
     def start(self) -> LocalModelServer:

@@ -6,11 +6,16 @@ rebuilds an expired list from the database on the next read. While Redis is
 unreachable it reads the database (the transcript is whole: turns are committed
 there first), and drops, once Redis answers again, the lists of the conversations
 whose turns it could not append, so that none is read back without them.
+
+Both hand out at most ``max_messages`` messages, and once a conversation holds more, its oldest go in blocks
+(``window_start``): a history whose start moved by one turn on every turn would change the model's prompt prefix
+every turn, and a model server could never reuse the prefix it computed on the turn before.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -18,10 +23,47 @@ import orjson
 from langchain_core.messages import BaseMessage
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+from sqlalchemy import func, select
 
 from memory.redis_client import Outage
 from storage.message_records import from_record, row_record, to_record
+from storage.tables import Message
 from storage.transcripts import ConversationStore
+
+# Once a conversation overflows ``max_messages``, memory keeps about this fraction of them (``memory_keep_fraction``).
+KEEP_FRACTION = 0.5
+
+
+def window_block(max_messages: int, keep_fraction: float = KEEP_FRACTION) -> int:
+    """How many of the oldest messages go at a time once a conversation holds more than ``max_messages``."""
+    return max(1, max_messages - math.ceil(max_messages * keep_fraction))
+
+
+def window_start(total: int, max_messages: int, keep_fraction: float = KEEP_FRACTION) -> int:
+    """Position (from the conversation's first message) of the oldest message memory hands out, of ``total``.
+
+    0 while the conversation fits ``max_messages``; then a multiple of ``window_block``: the smallest that leaves at
+    most ``max_messages``. It moves once every block, not on every turn, and depends on ``total`` only, so every
+    worker hands out the same window.
+    """
+    if total <= max_messages:
+        return 0
+    block = window_block(max_messages, keep_fraction)
+    return -(-(total - max_messages) // block) * block
+
+
+async def window_rows(store: ConversationStore, conversation_id: str, max_messages: int, keep_fraction: float) -> list:
+    """The rows of the conversation's memory window (``window_start``), oldest first."""
+    rows = await store.messages(conversation_id, limit=max_messages)
+    if len(rows) < max_messages:
+        return rows  # the whole conversation
+    async with store.db.session() as session:
+        total = await session.scalar(
+            select(func.count()).select_from(Message).where(Message.conversation_id == conversation_id)
+        )
+    total = total or 0
+    kept = min(max(total - window_start(total, max_messages, keep_fraction), 0), len(rows))
+    return rows[len(rows) - kept :]
 
 
 class ConversationMemory(Protocol):
@@ -37,12 +79,13 @@ class ConversationMemory(Protocol):
 
 
 class SqlMemory:
-    def __init__(self, store: ConversationStore, max_messages: int = 100) -> None:
+    def __init__(self, store: ConversationStore, max_messages: int = 100, keep_fraction: float = KEEP_FRACTION) -> None:
         self.store = store
         self.max_messages = max_messages
+        self.keep_fraction = keep_fraction
 
     async def load(self, conversation_id: str) -> list[BaseMessage]:
-        rows = await self.store.messages(conversation_id, limit=self.max_messages)
+        rows = await window_rows(self.store, conversation_id, self.max_messages, self.keep_fraction)
         return [from_record(**row_record(row)) for row in rows]
 
     async def append(self, conversation_id: str, messages: Sequence[BaseMessage], total: int) -> None:
@@ -63,26 +106,32 @@ redis.call('RPUSH', KEYS[1], unpack(ARGV, 2))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 return 1
 """
-# ARGV: ttl, max messages, stale seconds, messages before this turn, the turn's records.
-# - The list holds exactly the messages before this turn: extend it.
+# ARGV: ttl, max messages, block, stale seconds, messages before this turn, the turn's records.
+# The list holds the conversation's window: its messages from window_start(n) (in Python above) on.
+# - The list holds exactly the window before this turn: extend it, and drop a block when it overflows.
 # - It holds something else (a concurrent turn, a rebuild that read an older copy): drop it,
 #   the next load rebuilds it from the database.
 # - It is missing and this turn is the whole conversation: start it.
 # - It is missing otherwise: mark the conversation stale, so that a rebuild that read the
 #   database before this turn was committed does not write a copy without it.
 _APPEND = """
-local before = tonumber(ARGV[4])
+local max, block = tonumber(ARGV[2]), tonumber(ARGV[3])
+local function kept(n)
+  if n <= max then return n end
+  return n - math.ceil((n - max) / block) * block
+end
+local before = tonumber(ARGV[5])
 if redis.call('EXISTS', KEYS[1]) == 1 then
-  if redis.call('LLEN', KEYS[1]) ~= math.min(before, tonumber(ARGV[2])) then
+  if redis.call('LLEN', KEYS[1]) ~= kept(before) then
     redis.call('DEL', KEYS[1])
     return 0
   end
 elseif before > 0 or redis.call('EXISTS', KEYS[2]) == 1 then
-  redis.call('SET', KEYS[2], 1, 'EX', ARGV[3])
+  redis.call('SET', KEYS[2], 1, 'EX', ARGV[4])
   return 0
 end
-redis.call('RPUSH', KEYS[1], unpack(ARGV, 5))
-redis.call('LTRIM', KEYS[1], -tonumber(ARGV[2]), -1)
+redis.call('RPUSH', KEYS[1], unpack(ARGV, 6))
+redis.call('LTRIM', KEYS[1], -kept(before + #ARGV - 5), -1)
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 return 1
 """
@@ -101,9 +150,11 @@ class RedisMemory:
         max_messages: int = 100,
         prefix: str = "genai:memory:",
         on_fallback=None,
+        keep_fraction: float = KEEP_FRACTION,
     ) -> None:
         self.redis = redis
-        self.database = SqlMemory(store, max_messages)  # what memory is read from while Redis is unreachable
+        # What memory is read from while Redis is unreachable.
+        self.database = SqlMemory(store, max_messages, keep_fraction)
         self.outage = Outage()
         self.on_fallback = on_fallback  # called with "memory" when a turn is read from the database for want of Redis
         # Conversations whose turns could not be appended while Redis was down: their lists are dropped when it
@@ -112,6 +163,7 @@ class RedisMemory:
         self.store = store
         self.ttl_seconds = ttl_seconds
         self.max_messages = max_messages
+        self.keep_fraction = keep_fraction
         self.prefix = prefix
         self._rebuild = redis.register_script(_REBUILD)
         self._append = redis.register_script(_APPEND)
@@ -140,7 +192,7 @@ class RedisMemory:
             raw, _ = await pipe.lrange(key, -self.max_messages, -1).expire(key, self.ttl_seconds).execute()
         if raw:
             return [from_record(**orjson.loads(item)) for item in raw]
-        rows = await self.store.messages(conversation_id, limit=self.max_messages)
+        rows = await window_rows(self.store, conversation_id, self.max_messages, self.keep_fraction)
         if rows:
             records = [orjson.dumps(row_record(row)) for row in rows]
             await self._rebuild(keys=[key, self.stale_key(conversation_id)], args=[self.ttl_seconds, *records])
@@ -166,7 +218,9 @@ class RedisMemory:
         records = [orjson.dumps(to_record(message)) for message in messages]
         keys = [self.key(conversation_id), self.stale_key(conversation_id)]
         before = max(total - len(records), 0)
-        await self._append(keys=keys, args=[self.ttl_seconds, self.max_messages, STALE_SECONDS, before, *records])
+        block = window_block(self.max_messages, self.keep_fraction)
+        args = [self.ttl_seconds, self.max_messages, block, STALE_SECONDS, before, *records]
+        await self._append(keys=keys, args=args)
 
     async def forget(self, conversation_id: str) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:

@@ -10,11 +10,9 @@ from fastapi import FastAPI
 
 from chains.local_model_process import terminate_self, watch_parent
 from server.error_handlers import install_error_handlers
-from server.gateway.body_limit import BodySizeLimit
+from server.gateway.body_limit import BodyLimits
 from server.gateway.cors import CorsPolicy
-from server.gateway.cors import install as install_cors
-from server.gateway.rate_limits import RateLimitHeaders
-from server.gateway.request_context import install as install_request_context
+from server.gateway.edge import install as install_edge
 from server.openapi import document_api, serve_docs
 from server.routes import (
     admin,
@@ -74,13 +72,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     web_ui.mount(app)  # the web chat UI at /, its files under /ui/
     document_api(app)
     serve_docs(app)
-    app.add_middleware(RateLimitHeaders)
-    app.add_middleware(
-        BodySizeLimit,
-        max_bytes=settings.max_body_bytes,
-        per_path={"/v1/files": max(settings.max_body_bytes, settings.max_file_bytes + MULTIPART_ALLOWANCE)},
+    # One pure ASGI layer, outermost (outside the error middleware, so errors carry its headers too): request id,
+    # access log and metrics, CORS (preflights answered before auth), the body cap, the rate-limit headers.
+    install_edge(
+        app,
+        cors=CorsPolicy(settings.cors_origins, services.tenants),
+        body_limits=BodyLimits(
+            settings.max_body_bytes,
+            per_path={"/v1/files": max(settings.max_body_bytes, settings.max_file_bytes + MULTIPART_ALLOWANCE)},
+        ),
+        metrics=services.metrics,
     )
-    # Outside the error middleware: errors carry the CORS headers too; preflights are answered before auth.
-    install_cors(app, CorsPolicy(settings.cors_origins, services.tenants))
-    install_request_context(app, services.metrics)  # outermost: request id and access log on every response
     return app

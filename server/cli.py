@@ -81,7 +81,8 @@ def serve(args: argparse.Namespace) -> int:
     asyncio.run(_with_services(settings, _bootstrap_admin_key))
     host = args.host or settings.host
     port = args.port if args.port is not None else settings.port
-    workers = args.workers or settings.workers
+    workers = args.workers or settings.resolved_workers
+    log.info("genai serve: %d worker process(es) on http://%s:%d", workers, host, port)
     # uvicorn re-raises a SIGTERM it caught once it has shut down; by default that ends the process before
     # `finally` runs. This handler turns it into SystemExit, so the children are stopped on every signal (also one
     # that arrives while they start).
@@ -112,9 +113,10 @@ def serve(args: argparse.Namespace) -> int:
             # uvicorn's httptools protocol with limits on headers, their deadline, stalled bodies and open
             # connections (answered in OpenAI's error shape): server/gateway/connection_limits.py.
             http=connection_protocol(settings),
+            loop="auto",  # uvloop, from uvicorn[standard]
             log_level=settings.log_level,
             log_config=logging_config(settings.log_level),  # JSON lines, in every worker too
-            access_log=False,  # RequestContext writes the access log, with the request id
+            access_log=False,  # the Edge layer (server/gateway/edge.py) writes it, with the request id
             # Streams still running near its end get an error event (server/shutdown.py).
             timeout_graceful_shutdown=settings.shutdown_grace_seconds,
         )

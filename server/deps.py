@@ -11,7 +11,8 @@ from server.services import Services
 from storage.tenants import Caller
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    """Async: FastAPI runs a plain function dependency in its thread pool, a hop per request."""
     return request.app.state.services
 
 

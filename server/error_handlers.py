@@ -6,20 +6,20 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from errors import APIError, InternalError, InvalidRequest, NotFound, PayloadTooLarge
 from server.failures import CONNECTION_ERRORS, as_api_error
 from server.gateway.auth import authenticate
+from server.responses import FastJSONResponse
 
 log = logging.getLogger(__name__)
 
 _STATUS_TYPES = {401: "invalid_request_error", 404: "invalid_request_error", 405: "invalid_request_error"}
 
 
-def error_response(error: APIError) -> JSONResponse:
-    return JSONResponse(error.to_dict(), status_code=error.status_code, headers=error.headers or None)
+def error_response(error: APIError) -> FastJSONResponse:
+    return FastJSONResponse(error.to_dict(), status_code=error.status_code, headers=error.headers or None)
 
 
 def validation_error(exc: RequestValidationError) -> APIError:
@@ -96,11 +96,11 @@ def _needs_key(request: Request) -> bool:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
-    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
+    async def _api_error(_: Request, exc: APIError) -> FastJSONResponse:
         return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> FastJSONResponse:
         # FastAPI parses the body before the auth dependency runs; a client without a valid
         # key must learn that first, whatever its body looks like.
         if _needs_key(request):
@@ -111,7 +111,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(validation_error(exc))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> FastJSONResponse:
         if exc.status_code == 413:
             error: APIError = PayloadTooLarge("Request body too large for this server.")
         elif exc.status_code == 404:
@@ -124,7 +124,7 @@ def install_error_handlers(app: FastAPI) -> None:
             )
         return error_response(error)
 
-    async def _connection(request: Request, exc: Exception) -> JSONResponse:
+    async def _connection(request: Request, exc: Exception) -> FastJSONResponse:
         """A database that does not answer (``server.failures``): handled here, inside Starlette's error
         middleware, which would send a 500 and re-raise for a handler of ``Exception``."""
         return await _unexpected(request, exc)
@@ -133,7 +133,7 @@ def install_error_handlers(app: FastAPI) -> None:
         app.add_exception_handler(kind, _connection)
 
     @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> FastJSONResponse:
         error = as_api_error(exc)
         if isinstance(error, InternalError):
             log.exception("unhandled error on %s %s", request.method, request.url.path)

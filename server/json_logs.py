@@ -85,7 +85,7 @@ def logging_config(level: str = "info") -> dict[str, Any]:
     """A ``logging.config.dictConfig`` dict: JSON lines on stderr for the app and uvicorn.
 
     Also given to ``uvicorn.run(log_config=...)``, so worker processes configure
-    themselves the same way. uvicorn's access log is off: ``RequestContext`` writes one.
+    themselves the same way. uvicorn's access log is off: ``Edge`` (server/gateway/edge.py) writes one.
     """
     level = level.upper()
     return {

@@ -78,7 +78,7 @@ class Services:
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
-        db = Database(settings.resolved_database_url)
+        db = Database(settings.resolved_database_url, usage_flush_seconds=settings.usage_flush_seconds)
         store = ConversationStore(db)
         redis = open_redis(settings.redis_url) if settings.redis_url else None
         metrics = Metrics()
@@ -89,10 +89,13 @@ class Services:
                 store,
                 ttl_seconds=settings.memory_ttl_seconds,
                 max_messages=settings.memory_max_messages,
+                keep_fraction=settings.memory_keep_fraction,
                 on_fallback=metrics.redis_fallback,
             )
         else:
-            memory = SqlMemory(store, max_messages=settings.memory_max_messages)
+            memory = SqlMemory(
+                store, max_messages=settings.memory_max_messages, keep_fraction=settings.memory_keep_fraction
+            )
         models = ModelRegistry(settings.routes(), default=settings.resolved_default_model, events=metrics)
         models.share_breakers(redis)
         limiter = RateLimiter(settings.redis_url, on_reject=metrics.rate_limited, on_fallback=metrics.redis_fallback)
@@ -123,6 +126,7 @@ class Services:
             memory=memory,
             system_prompt=settings.system_prompt,
             memory_max_tokens=settings.memory_max_tokens,
+            memory_keep_fraction=settings.memory_keep_fraction,
             knowledge=knowledge,
             vector_stores=vector_stores,
             embeddings=embeddings.embeddings,

@@ -23,6 +23,9 @@ from server.gateway.cors import check_origins, parse_origins
 
 GuardMode = Literal["off", "flag", "block"]
 
+# The most worker processes genai serve starts by itself (each holds about 200 MiB); set GENAI_WORKERS for more.
+MAX_DEFAULT_WORKERS = 8
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GENAI_", env_file=".env", extra="ignore")
@@ -30,14 +33,31 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("data"), description="every file the platform writes lives here")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
-    workers: int = Field(1, ge=1)
+    workers: int | None = Field(
+        None, ge=1, description="worker processes of genai serve; unset: resolved_workers picks from the cores"
+    )
     log_level: str = "info"
 
     database_url: str | None = Field(None, description="SQLAlchemy async URL; SQLite in data_dir when unset")
+    usage_flush_seconds: float = Field(
+        0.2,
+        gt=0,
+        le=60,
+        description="usage records are written in batches at least this often (storage/writer.py); a crash can lose "
+        "the last interval's records, a graceful stop none",
+    )
     redis_url: str | None = Field(None, description="Redis for conversation memory; SQL memory when unset")
     memory_ttl_seconds: int = Field(7 * 86400, gt=0)
     memory_max_tokens: int = Field(2048, gt=0, description="token budget of the history a model sees")
     memory_max_messages: int = Field(200, gt=0)
+    memory_keep_fraction: float = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="once a conversation's history overflows memory_max_tokens (or memory_max_messages), its oldest "
+        "turns go in one block, leaving about this fraction: the prompt's prefix then stays the same for some turns "
+        "and a model server reuses its cache",
+    )
 
     config_file: Path | None = Field(None, description="YAML file with model_routes and other settings")
     model_routes: list[ModelRoute] = Field(default_factory=list)
@@ -274,6 +294,20 @@ class Settings(BaseSettings):
     def uses_local_model(self) -> bool:
         """True when no chat routes are configured: the embedded llama.cpp model serves chat."""
         return not any(route.serves == "chat" for route in self.model_routes)
+
+    @property
+    def resolved_workers(self) -> int:
+        """``workers`` when set. Otherwise one per core when Redis is configured (limits, budgets and memory are
+        then shared by the workers), leaving out the cores the embedded llama.cpp threads use, at most
+        ``MAX_DEFAULT_WORKERS``; one without Redis (each worker would count its own limits)."""
+        if self.workers is not None:
+            return self.workers
+        if not self.redis_url:
+            return 1
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        if self.uses_local_model and not self.local_model_url:
+            cores -= self.local_model_threads
+        return max(1, min(cores, MAX_DEFAULT_WORKERS))
 
     def routes(self) -> list[ModelRoute]:
         """Every route, chat and image; the local model's first when no chat route is configured."""

@@ -8,10 +8,11 @@ from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from storage import migrations
+from storage.writer import Writer
 
 
 class Database:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, usage_flush_seconds: float = 0.2) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         if self.is_sqlite:
@@ -25,6 +26,8 @@ class Database:
                 url, pool_pre_ping=True, pool_size=10, max_overflow=20, connect_args=connect_args
             )
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        # The request path's writes (turns, images, usage records) go through this one writer (storage/writer.py).
+        self.writer = Writer(self, flush_seconds=usage_flush_seconds)
 
     def _ensure_sqlite_dir(self) -> None:
         if self.sqlite_path is not None:
@@ -51,6 +54,7 @@ class Database:
             await conn.execute(text("SELECT 1"))
 
     async def close(self) -> None:
+        await self.writer.close()
         await self.engine.dispose()
 
 

@@ -6,11 +6,12 @@ or none) is a 404, so an app can neither rate nor learn of another app's answers
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, select, update
+from sqlalchemy import Row, Select, select, update
 from sqlalchemy.exc import IntegrityError
 
 from errors import NotFound
@@ -54,14 +55,15 @@ class FeedbackStore:
         self, app_id: str, response_id: str, *, score: float, comment: str | None, correction: str | None
     ) -> Feedback:
         """Record the app's rating of one of its answers, replacing an earlier one."""
-        async with self.db.session() as session:
-            answer = (
-                await session.execute(
-                    select(Usage.model, Usage.user, Usage.key_prefix)
-                    .where(Usage.app_id == app_id, Usage.response_id == response_id, Usage.status == "ok")
-                    .limit(1)
-                )
-            ).first()
+        answer = await self._answer(app_id, response_id)
+        if answer is None:
+            # An answer given a moment ago may have its usage record still buffered (storage/writer.py): in this
+            # process's writer, written now, or in another worker's, written within the flush interval.
+            await self.db.writer.flush()
+            answer = await self._answer(app_id, response_id)
+        if answer is None:
+            await asyncio.sleep(self.db.writer.flush_seconds + 0.05)
+            answer = await self._answer(app_id, response_id)
         if answer is None:
             raise NotFound(f"No answer with id '{response_id}' was given to this app.", param="response_id")
         values = {"score": score, "comment": comment, "correction": correction, "updated_at": now()}
@@ -93,6 +95,17 @@ class FeedbackStore:
                     .values(**values)
                 )
         return await self.get(app_id, response_id)
+
+    async def _answer(self, app_id: str, response_id: str) -> Row | None:
+        """The model, user and key of the app's successful answer ``response_id``, from its usage record."""
+        async with self.db.session() as session:
+            return (
+                await session.execute(
+                    select(Usage.model, Usage.user, Usage.key_prefix)
+                    .where(Usage.app_id == app_id, Usage.response_id == response_id, Usage.status == "ok")
+                    .limit(1)
+                )
+            ).first()
 
     async def get(self, app_id: str, response_id: str) -> Feedback:
         async with self.db.session() as session:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import delete, insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from errors import NotFound, PermissionDenied
 from storage.engine import Database
@@ -86,10 +87,13 @@ class ImageStore:
         try:
             await asyncio.shield(upload)
             usage.images = len(rows)
-            async with self.db.engine.begin() as conn:
+
+            async def write(conn: AsyncConnection) -> None:
                 if rows:
                     await conn.execute(insert(Image), [_values(row) for row in rows])
                 await conn.execute(insert(Usage).values(**usage_row(usage, stamp)))
+
+            await self.db.writer.commit(write)  # shared with the turns committed meanwhile (storage/writer.py)
         except BaseException:
             await asyncio.shield(self._discard(upload, outcomes))
             raise

@@ -15,6 +15,7 @@ from typing import Any
 
 from langchain_core.messages import BaseMessage
 from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from errors import APIError, NotFound
 from storage.engine import Database
@@ -277,77 +278,87 @@ class ConversationStore:
         return rows
 
     async def record_turn(self, turn: TurnRecord) -> int:
-        """Write the turn and its usage atomically.
+        """Write the turn and its usage atomically, through the process's writer (storage/writer.py).
+
+        A turn that leaves rows a client relies on (a conversation's messages, a stored completion, an idempotent
+        reply) is committed before this returns, in a transaction it may share with concurrent turns. A request that
+        leaves only its usage record (stateless, or failed) is buffered and written within the flush interval.
 
         Returns how many messages the conversation holds now (which lets Redis memory check
         that its copy is whole), 0 when the conversation was deleted meanwhile or none was given.
         Core statements, not the ORM: this is on every request's path.
         """
         stamp = now()
+        if turn.conversation_id is None and turn.stored_messages is None and turn.idempotency_key is None:
+            self.db.writer.record_usage(usage_row(turn, stamp))
+            return 0
+        return await self.db.writer.commit(lambda conn: self._write_turn(conn, turn, stamp))
+
+    @staticmethod
+    async def _write_turn(conn: AsyncConnection, turn: TurnRecord, stamp: int) -> int:
         total = 0
-        async with self.db.engine.begin() as conn:
-            if turn.create_conversation and turn.conversation_id is not None:
-                await conn.execute(
-                    insert(Conversation).values(
-                        id=turn.conversation_id,
-                        app_id=turn.app_id,
-                        title=_title_from(turn.new_messages),
-                        user=turn.user,
-                        meta={},
-                        created_at=stamp,
-                        updated_at=stamp,
-                    )
+        if turn.create_conversation and turn.conversation_id is not None:
+            await conn.execute(
+                insert(Conversation).values(
+                    id=turn.conversation_id,
+                    app_id=turn.app_id,
+                    title=_title_from(turn.new_messages),
+                    user=turn.user,
+                    meta={},
+                    created_at=stamp,
+                    updated_at=stamp,
                 )
-            if turn.conversation_id is not None:
-                result = await conn.execute(
-                    update(Conversation)
-                    .where(Conversation.id == turn.conversation_id, Conversation.app_id == turn.app_id)
-                    .values(updated_at=stamp)
-                )
-                if result.rowcount > 0:
-                    rows = [_client_message_row(turn.conversation_id, message, stamp) for message in turn.new_messages]
-                    rows.append(
-                        _message_row(
-                            turn.conversation_id,
-                            "assistant",
-                            turn.answer,
-                            stamp,
-                            response_id=turn.response_id,
-                            model=turn.model,
-                            prompt_tokens=turn.prompt_tokens,
-                            completion_tokens=turn.completion_tokens,
-                            latency_ms=turn.latency_ms,
-                            finish_reason=turn.finish_reason,
-                            tool_calls=turn.answer_tool_calls,
-                            citations=turn.citations or None,
-                            safety=turn.safety or None,
-                        )
-                    )
-                    await conn.execute(insert(Message), rows)
-                    total = await conn.scalar(
-                        select(func.count()).select_from(Message).where(Message.conversation_id == turn.conversation_id)
-                    )
-            if turn.stored_messages is not None:
-                await conn.execute(
-                    insert(StoredCompletion).values(
+            )
+        if turn.conversation_id is not None:
+            result = await conn.execute(
+                update(Conversation)
+                .where(Conversation.id == turn.conversation_id, Conversation.app_id == turn.app_id)
+                .values(updated_at=stamp)
+            )
+            if result.rowcount > 0:
+                rows = [_client_message_row(turn.conversation_id, message, stamp) for message in turn.new_messages]
+                rows.append(
+                    _message_row(
+                        turn.conversation_id,
+                        "assistant",
+                        turn.answer,
+                        stamp,
                         response_id=turn.response_id,
-                        app_id=turn.app_id,
-                        user=turn.user,
                         model=turn.model,
-                        messages=turn.stored_messages,
-                        answer=turn.answer,
-                        created_at=stamp,
+                        prompt_tokens=turn.prompt_tokens,
+                        completion_tokens=turn.completion_tokens,
+                        latency_ms=turn.latency_ms,
+                        finish_reason=turn.finish_reason,
+                        tool_calls=turn.answer_tool_calls,
+                        citations=turn.citations or None,
+                        safety=turn.safety or None,
                     )
                 )
-            await conn.execute(insert(Usage).values(**usage_row(turn, stamp)))
-            if turn.idempotency_key is not None:
-                await conn.execute(
-                    update(IdempotencyKey)
-                    .where(
-                        IdempotencyKey.app_id == turn.app_id,
-                        IdempotencyKey.key == turn.idempotency_key,
-                        IdempotencyKey.response_id == turn.response_id,
-                    )
-                    .values(reply=turn.reply)
+                await conn.execute(insert(Message), rows)
+                total = await conn.scalar(
+                    select(func.count()).select_from(Message).where(Message.conversation_id == turn.conversation_id)
                 )
+        if turn.stored_messages is not None:
+            await conn.execute(
+                insert(StoredCompletion).values(
+                    response_id=turn.response_id,
+                    app_id=turn.app_id,
+                    user=turn.user,
+                    model=turn.model,
+                    messages=turn.stored_messages,
+                    answer=turn.answer,
+                    created_at=stamp,
+                )
+            )
+        await conn.execute(insert(Usage).values(**usage_row(turn, stamp)))
+        if turn.idempotency_key is not None:
+            await conn.execute(
+                update(IdempotencyKey)
+                .where(
+                    IdempotencyKey.app_id == turn.app_id,
+                    IdempotencyKey.key == turn.idempotency_key,
+                    IdempotencyKey.response_id == turn.response_id,
+                )
+                .values(reply=turn.reply)
+            )
         return total

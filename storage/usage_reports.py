@@ -15,7 +15,9 @@ SAFETY_OUTCOMES = ("flagged", "blocked", "redacted")
 
 
 async def usage_summary(db: Database, *, app_id: str | None, start: int, end: int, group_by: GroupBy) -> list[dict]:
-    """Totals per group for ``start <= created_at < end``; ``app_id=None`` spans every app."""
+    """Totals per group for ``start <= created_at < end``; ``app_id=None`` spans every app. This process's buffered
+    usage records are written first (a client sees its own requests); other workers' within their flush interval."""
+    await db.writer.flush()
     group = {
         "day": cast(Usage.created_at - Usage.created_at % 86400, Integer),
         "model": Usage.model,

@@ -148,7 +148,11 @@ class LiveServer:
 
     def rows(self, table) -> list[dict]:
         """Every row of ``table`` (a SQLAlchemy table) in the server's database, read through an engine of this
-        thread's own (the server's engine belongs to its loop)."""
+        thread's own (the server's engine belongs to its loop). The usage records the server buffers are written
+        first."""
+        writer = self.services.db.writer
+        if (loop := writer.loop) is not None and loop.is_running():
+            asyncio.run_coroutine_threadsafe(writer.flush(), loop).result(timeout=30)
 
         async def read() -> list[dict]:
             db = Database(self.services.db.url)
@@ -252,9 +256,12 @@ def genai_serve(
 
     Yields (process, base URL) once ``ready_path`` answers 200 and ``ready(log text)`` holds; then
     stops it as Ctrl-C would (SIGINT to its process group; SIGKILL after 30 s). No fine-tuning worker is started
-    unless ``env`` sets ``GENAI_START_WORKER`` (tests of jobs and of the process tree do).
+    unless ``env`` sets ``GENAI_START_WORKER`` (tests of jobs and of the process tree do), and one worker process
+    unless ``env`` sets ``GENAI_WORKERS`` or ``args`` ``--workers``.
     """
     env = {"GENAI_START_WORKER": "false", **env}
+    if "--workers" not in args:  # one worker unless a test asks: with Redis, genai serve would start one per core
+        env.setdefault("GENAI_WORKERS", "1")
     port = free_port()
     with open(log_path, "wb") as log:
         process = subprocess.Popen(

@@ -227,6 +227,7 @@ async def test_record_turn_on_a_deleted_conversation_writes_no_messages(store, d
 async def test_record_turn_without_a_conversation_only_records_usage(store, db):
     record = turn(None, "stateless", "answer", stream=True, status="ok")
     assert await store.record_turn(record) == 0  # no conversation: no messages
+    await store.db.writer.flush()  # its usage record is buffered (storage/writer.py)
     usage = await scalar(db, select(Usage).where(Usage.response_id == record.response_id))
     assert usage.conversation_id is None and usage.stream is True
     assert await count(db, Message, Message.content == "stateless") == 0
@@ -451,7 +452,10 @@ def labels(messages: list[BaseMessage]) -> list[str]:
     ("max_tokens", "kept"),
     [
         (10_000, ["q1", "a1", "q2", "a2", "q3", "a3"]),
-        (4 * MESSAGE_TOKENS, ["q2", "a2", "q3", "a3"]),
+        # Overflowed at the third turn: the oldest turns go in a block, leaving half the budget (graphs/chat/
+        # history_window.py), so that the next turns keep the same prompt prefix.
+        (4 * MESSAGE_TOKENS, ["q3", "a3"]),
+        (6 * MESSAGE_TOKENS, ["q1", "a1", "q2", "a2", "q3", "a3"]),
         # Three messages would fit (a2, q3, a3), but the window starts on a user message.
         (3 * MESSAGE_TOKENS + 5, ["q3", "a3"]),
         (2 * MESSAGE_TOKENS, ["q3", "a3"]),
@@ -573,6 +577,7 @@ async def test_context_length_exceeded_when_messages_and_max_tokens_overflow_the
     assert "maximum context length is 100 tokens" in error.message
     assert "requested 101 tokens (61 in the messages, 40 in the completion)" in error.message
     assert len(fake.received) == 1  # the model was not called
+    await store.db.writer.flush()  # the stateless turn's usage record is buffered (storage/writer.py)
     assert await count(db, Message) == 0 and await count(db, Usage) == 1  # only the first, stateless turn
 
     # A smaller max_tokens leaves room for the same messages.

@@ -24,6 +24,9 @@ def open_playground(browser, server, headers: dict[str, str] | None = None):
     context.add_cookies([{"name": "genai_api_key", "value": server.key, "url": server.url}])
     page = context.new_page()
     page.goto(f"{server.url}/chat/playground/")
+    # The page fetches the runnable's schemas and config after it renders its chat box; a message sent before they
+    # arrive may go out malformed (a 400 from /chat/stream_log was seen once in CI).
+    page.wait_for_load_state("networkidle")
     return page
 
 
@@ -45,7 +48,11 @@ def ask(page, question: str) -> str:
     while not ended:
         assert time.monotonic() < deadline, "the answer's stream did not end within 60 s"
         page.wait_for_timeout(100)
-    assert ended[0].response().status == 200
+    response = ended[0].response()
+    assert response is not None and response.status == 200, (
+        f"/chat/stream_log answered {response and response.status}: {response and response.text()!r}; "
+        f"the page sent {ended[0].post_data!r}"
+    )
     page.wait_for_function(f"() => ({MESSAGES})().length === 2 && ({MESSAGES})()[1][1].trim() !== ''")
     shown = page.evaluate(MESSAGES)
     assert [role for role, _ in shown] == ["human", "ai"] and shown[0][1] == question

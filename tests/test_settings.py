@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,31 @@ def test_invalid_route_is_rejected(monkeypatch):
     monkeypatch.setenv("GENAI_MODEL_ROUTES", json.dumps([{"name": "x"}]))
     with pytest.raises(ValidationError):
         Settings()
+
+
+# ---------------------------------------------------------------- worker processes of genai serve
+
+ROUTE = {"name": "remote", "base_url": "http://127.0.0.1:9/v1"}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "cores", "expected"),
+    [
+        ({}, 4, 1),  # no Redis: each worker would count its own limits
+        ({"redis_url": "redis://127.0.0.1:6379/0", "model_routes": [ROUTE]}, 4, 4),
+        ({"redis_url": "redis://127.0.0.1:6379/0", "model_routes": [ROUTE]}, 32, 8),  # MAX_DEFAULT_WORKERS
+        # The embedded llama.cpp server takes local_model_threads cores.
+        ({"redis_url": "redis://127.0.0.1:6379/0", "local_model_threads": 2}, 4, 2),
+        ({"redis_url": "redis://127.0.0.1:6379/0", "local_model_threads": 2}, 2, 1),
+        # A llama.cpp server of its own (local_model_url) leaves every core to the workers.
+        ({"redis_url": "redis://127.0.0.1:6379/0", "local_model_url": "http://127.0.0.1:9/v1"}, 4, 4),
+        ({"redis_url": "redis://127.0.0.1:6379/0", "model_routes": [ROUTE], "workers": 3}, 32, 3),
+        ({"workers": 2}, 4, 2),
+    ],
+)
+def test_genai_serve_starts_a_worker_per_core_when_redis_is_configured(
+    tmp_path, monkeypatch, overrides, cores, expected
+):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(cores)))
+    settings = Settings(_env_file=None, data_dir=tmp_path, **overrides)
+    assert settings.resolved_workers == expected

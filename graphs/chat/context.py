@@ -62,6 +62,8 @@ class ChatContext:
     system_prompt: str | None = None
     # Token budget of the prior turns the model sees.
     memory_max_tokens: int = 2048
+    # Once the history overflows, about this fraction of the budget is kept (graphs/chat/history_window.py).
+    memory_keep_fraction: float = 0.5
     # Made afresh for each answer, in order; see chains.output_stage for what a filter may do.
     output_filters: list[OutputFilterFactory] = field(default_factory=list)
     # The knowledge base (None: requests that name stores are refused) and the question embeddings it shares with

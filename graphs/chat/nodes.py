@@ -9,7 +9,7 @@ import logging
 import time
 from typing import Any
 
-from langchain_core.messages import BaseMessage, SystemMessage, trim_messages
+from langchain_core.messages import BaseMessage, SystemMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.runtime import Runtime
 
@@ -20,6 +20,7 @@ from chains.route_features import check_request, content_kinds
 from errors import ContextLengthExceeded, InvalidRequest
 from graphs.chat.answers import Choice, generate_choices, reply_of, stream_choices
 from graphs.chat.context import ChatContext
+from graphs.chat.history_window import block_window
 from graphs.chat.knowledge import plan_cache, remember_answer, resolve_stores
 from graphs.chat.safety import output_verdicts
 from graphs.chat.state import ChatState
@@ -37,9 +38,7 @@ async def preprocess(state: ChatState, runtime: Runtime[ChatContext]) -> dict[st
         raise InvalidRequest("`messages` must contain at least one message.", param="messages")
     if not any(m.type == "human" for m in messages) and not state.get("conversation_id"):
         raise InvalidRequest("`messages` must contain a user message.", param="messages")
-    chat = context.models.get(
-        state.get("model"), allowed=state.get("allowed_models"), app_id=state.get("app_id")
-    )
+    chat = context.models.get(state.get("model"), allowed=state.get("allowed_models"), app_id=state.get("app_id"))
     kinds = content_kinds(messages)
     check_request(chat.route.name, chat.features, state.get("params") or {}, kinds)
     app_id = state.get("app_id")
@@ -113,11 +112,17 @@ async def load_memory(state: ChatState, runtime: Runtime[ChatContext]) -> dict[s
     history: list[BaseMessage] = []
     if state.get("conversation_id") and not state.get("created_conversation"):
         prior = await context.memory.load(state["conversation_id"])
-        room = chat.route.context_window - chat.max_tokens_for(state.get("params") or {}) - state["prompt_tokens"]
-        budget = min(context.memory_max_tokens, room)
+        window = chat.route.context_window - chat.max_tokens_for(state.get("params") or {})
+        stable = min(context.memory_max_tokens, window)  # the same every turn, unlike the room the new message leaves
+        budget = min(stable, window - state["prompt_tokens"])
         if prior and budget > 0:
-            history = trim_messages(
-                prior, max_tokens=budget, token_counter=chat.tokens.count_messages, strategy="last", start_on="human"
+            # Cut in blocks, so that the prompt's prefix stays the same from turn to turn (a model server reuses it).
+            history = block_window(
+                prior,
+                budget,
+                chat.tokens.count_messages,
+                keep_fraction=context.memory_keep_fraction,
+                stable_budget=stable,
             )
     return {
         "history": history,

@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import orjson
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from errors import PermissionDenied
 
@@ -60,6 +59,11 @@ EXAMPLE = "an origin is scheme://host[:port], e.g. 'https://app.example.com' or 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _HOST = re.compile(r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*")
+_ALLOW_METHODS = ", ".join(ALLOWED_METHODS).encode()
+_EXPOSE_HEADERS = ", ".join(EXPOSED_HEADERS).encode()
+_PREFLIGHT_VARY = ("Origin", "Access-Control-Request-Method", "Access-Control-Request-Headers")
+
+Headers = list[tuple[bytes, bytes]]
 
 
 # ---------------------------------------------------------------- origins
@@ -178,18 +182,48 @@ class CorsPolicy:
             return await self.for_preflight(origin)
         return _allows(getattr(caller, "cors_origins", None), origin)
 
+    async def preflight(self, origin: str, method: str, requested_headers: str | None) -> tuple[int, Headers, bytes]:
+        """The answer to a preflight (status, headers, body): 204 with what may be sent, or a 403 in OpenAI's
+        error shape without CORS headers (the browser then reports a CORS error)."""
+        allowed = await self.for_preflight(origin)
+        if allowed is None:
+            return _refusal(
+                f"Origin {origin} may not call this platform: add it to the app's cors_origins (genai apps update "
+                "APP --cors-origin ORIGIN, or PATCH /admin/apps/APP), or to GENAI_CORS_ORIGINS."
+            )
+        if method.upper() not in ALLOWED_METHODS:
+            return _refusal(f"Method {method} is not allowed across origins: {', '.join(ALLOWED_METHODS)} are.")
+        requested = [name.strip() for name in (requested_headers or "").split(",") if _TOKEN.fullmatch(name.strip())]
+        known = {name.lower() for name in ALLOWED_HEADERS}
+        allow_headers = [*ALLOWED_HEADERS, *dict.fromkeys(n.lower() for n in requested if n.lower() not in known)]
+        headers = [
+            (b"access-control-allow-origin", allowed.encode("latin-1")),
+            (b"access-control-allow-methods", _ALLOW_METHODS),
+            (b"access-control-allow-headers", ", ".join(allow_headers).encode("latin-1")),
+            (b"access-control-max-age", str(MAX_AGE_SECONDS).encode()),
+            (b"content-length", b"0"),
+        ]
+        return 204, _vary(headers, *_PREFLIGHT_VARY), b""
 
-# ---------------------------------------------------------------- middleware
+    async def response_headers(
+        self, headers: Iterable[tuple[bytes, bytes]], origin: str, caller: Caller | None
+    ) -> Headers:
+        """A response's ``headers`` for a request from ``origin``: the app's own access-control-* ones replaced by
+        the allowed origin and the exposed headers (or none), ``Origin`` added to ``Vary``."""
+        kept = [(key, value) for key, value in headers if not key.lower().startswith(b"access-control-")]
+        allowed = await self.for_response(origin, caller)
+        if allowed is not None:
+            kept += [
+                (b"access-control-allow-origin", allowed.encode("latin-1")),
+                (b"access-control-expose-headers", _EXPOSE_HEADERS),
+            ]
+        return _vary(kept, "Origin")
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", ()):
-        if key == name:
-            return value.decode("latin-1")
-    return None
+# ---------------------------------------------------------------- headers
 
 
-def _vary(headers: list[tuple[bytes, bytes]], *names: str) -> list[tuple[bytes, bytes]]:
+def _vary(headers: Headers, *names: str) -> Headers:
     """``headers`` with ``names`` added to its Vary header (one header, no duplicates)."""
     present: list[str] = []
     rest = []
@@ -205,91 +239,9 @@ def _vary(headers: list[tuple[bytes, bytes]], *names: str) -> list[tuple[bytes, 
     return [*rest, (b"vary", ", ".join(present).encode("latin-1"))]
 
 
-class Cors:
-    """Pure ASGI: answers CORS preflights, adds CORS headers to responses (see the module's docstring)."""
-
-    def __init__(self, app: ASGIApp, policy: CorsPolicy) -> None:
-        self.app = app
-        self.policy = policy
-        self.allow_methods = ", ".join(ALLOWED_METHODS).encode()
-        self.expose_headers = ", ".join(EXPOSED_HEADERS).encode()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        origin = _header(scope, b"origin")
-        if origin is None:  # not a cross-origin request from a browser
-            return await self.app(scope, receive, send)
-        requested_method = _header(scope, b"access-control-request-method")
-        if scope["method"] == "OPTIONS" and requested_method is not None:
-            return await self._preflight(scope, send, origin, requested_method)
-
-        async def send_with_cors(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = [
-                    (key, value)
-                    for key, value in message.get("headers", ())
-                    if not key.lower().startswith(b"access-control-")
-                ]
-                caller = (scope.get("state") or {}).get("caller")
-                allowed = await self.policy.for_response(origin, caller)
-                if allowed is not None:
-                    headers += [
-                        (b"access-control-allow-origin", allowed.encode("latin-1")),
-                        (b"access-control-expose-headers", self.expose_headers),
-                    ]
-                message = {**message, "headers": _vary(headers, "Origin")}
-            await send(message)
-
-        await self.app(scope, receive, send_with_cors)
-
-    async def _preflight(self, scope: Scope, send: Send, origin: str, method: str) -> None:
-        allowed = await self.policy.for_preflight(origin)
-        vary = ("Origin", "Access-Control-Request-Method", "Access-Control-Request-Headers")
-        if allowed is None:
-            return await self._refuse(
-                send,
-                f"Origin {origin} may not call this platform: add it to the app's cors_origins (genai apps update "
-                "APP --cors-origin ORIGIN, or PATCH /admin/apps/APP), or to GENAI_CORS_ORIGINS.",
-                vary,
-            )
-        if method.upper() not in ALLOWED_METHODS:
-            return await self._refuse(
-                send, f"Method {method} is not allowed across origins: {', '.join(ALLOWED_METHODS)} are.", vary
-            )
-        requested = [
-            name.strip()
-            for name in (_header(scope, b"access-control-request-headers") or "").split(",")
-            if _TOKEN.fullmatch(name.strip())
-        ]
-        known = {name.lower() for name in ALLOWED_HEADERS}
-        allow_headers = [*ALLOWED_HEADERS, *dict.fromkeys(n.lower() for n in requested if n.lower() not in known)]
-        headers = [
-            (b"access-control-allow-origin", allowed.encode("latin-1")),
-            (b"access-control-allow-methods", self.allow_methods),
-            (b"access-control-allow-headers", ", ".join(allow_headers).encode("latin-1")),
-            (b"access-control-max-age", str(MAX_AGE_SECONDS).encode()),
-            (b"content-length", b"0"),
-        ]
-        await send({"type": "http.response.start", "status": 204, "headers": _vary(headers, *vary)})
-        await send({"type": "http.response.body", "body": b""})
-
-    async def _refuse(self, send: Send, message: str, vary: tuple[str, ...]) -> None:
-        error = PermissionDenied(message, code="cors_not_allowed")
-        body = orjson.dumps(error.to_dict())
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        await send({"type": "http.response.start", "status": error.status_code, "headers": _vary(headers, *vary)})
-        await send({"type": "http.response.body", "body": body})
-
-
-def install(app, policy: CorsPolicy) -> None:
-    """Wrap ``app``'s whole middleware stack in ``Cors`` (outside Starlette's ``ServerErrorMiddleware``, so that a
-    500 carries the CORS headers too); ``install_request_context`` afterwards still wraps it, so preflights get a
-    request id and an access-log line."""
-    build = app.build_middleware_stack
-
-    def build_with_cors() -> ASGIApp:
-        return Cors(build(), policy)
-
-    app.state.cors = policy
-    app.build_middleware_stack = build_with_cors  # type: ignore[method-assign]
+def _refusal(message: str) -> tuple[int, Headers, bytes]:
+    """A refused preflight: 403 in OpenAI's error shape."""
+    error = PermissionDenied(message, code="cors_not_allowed")
+    body = orjson.dumps(error.to_dict())
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    return error.status_code, _vary(headers, *_PREFLIGHT_VARY), body

@@ -297,7 +297,7 @@ class ChatRecorder:
             self.metrics.model_error(self._model(info or {}), error.code)
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 

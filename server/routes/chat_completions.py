@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 
 from errors import APIError
 from server.chat_request import ChatCompletionRequest
@@ -21,6 +21,7 @@ from server.chat_service import ChatCall, ChatChoice, ChatResult, ChatStream
 from server.deps import ChatCaller, ServicesDep
 from server.failures import as_api_error
 from server.gateway.request_context import sane_request_id
+from server.responses import FastJSONResponse
 from server.schemas import ChatCompletion, Usage
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ async def create_chat_completion(
                 "replayed": result.replayed,
             }
         )
-        return JSONResponse(completion_object(result), headers=headers)
+        return FastJSONResponse(completion_object(result), headers=headers)
     stream = await services.chat.stream(call)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     headers = {**SSE_HEADERS, **answer_headers(stream.info)}

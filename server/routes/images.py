@@ -11,7 +11,7 @@ import time
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from server.deps import AppCaller, ChatCaller, ServicesDep
 from server.gateway.auth import require_app
@@ -23,6 +23,7 @@ from server.image_schemas import (
     ImagesResponse,
 )
 from server.image_service import ImageCall
+from server.responses import FastJSONResponse
 from server.services import Services
 from storage import tables
 from storage.tenants import Caller
@@ -64,7 +65,7 @@ async def create_image(body: ImageGenerationRequest, caller: ChatCaller, service
             base_url=base_url(services, request),
         )
     )
-    return JSONResponse({"created": result.created, "data": result.data}, headers={"X-Model": result.model})
+    return FastJSONResponse({"created": result.created, "data": result.data}, headers={"X-Model": result.model})
 
 
 @router.get("/images")
