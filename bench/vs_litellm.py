@@ -4,6 +4,7 @@ Run from the project root with the project's virtualenv::
 
     .venv/bin/python bench/vs_litellm.py                 # about 5 minutes on 2 cores
     .venv/bin/python bench/vs_litellm.py --workers 1     # one worker each only
+    .venv/bin/python bench/vs_litellm.py --database postgresql   # the platform on a fresh PostgreSQL database
 
 LiteLLM's proxy (``litellm[proxy]``, ``--litellm-version``, default 1.108.7) is installed into its own virtualenv
 (``.cache/litellm-venv``) the first time; nothing of it is imported here. Both gateways route model ``mock`` to
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -44,6 +46,8 @@ from harness import (
     start_platform,
     wait_http,
 )
+
+from tests.postgres import fresh_postgres_database
 
 LITELLM_VENV = ROOT / ".cache" / "litellm-venv"
 # LiteLLM refuses to start without a master key; with one (and no database) it checks each request's key, as the
@@ -139,12 +143,18 @@ def measure(args: argparse.Namespace, children: Children, roots: dict[str, Path]
     routes = [{"name": "mock", "base_url": f"{upstream_url}/v1", "max_retries": 0}]
     results: dict[str, Any] = {}
     created: list[str] = []
+    databases = contextlib.ExitStack()
     try:
         for workers in args.workers:
             lite_url = start_litellm(children, litellm, upstream_url, workers)
+            database = (
+                fresh_postgres_database() if args.database == "postgresql" else contextlib.nullcontext(None)
+            )
+            database_url = databases.enter_context(database)  # dropped at the end of the run
             env = platform_env(
                 args, children.workdir / f"data-{workers}w", GENAI_MODEL_ROUTES=json.dumps(routes),
                 GENAI_WORKERS=str(workers), GENAI_START_WORKER="false",
+                **({"GENAI_DATABASE_URL": database_url} if database_url else {}),
             )  # fmt: skip
             port = free_port()
             url, key = start_platform(children, f"platform-{workers}w", port, env, roots["platform"])
@@ -167,6 +177,8 @@ def measure(args: argparse.Namespace, children: Children, roots: dict[str, Path]
     finally:
         children.stop("mock-upstream")
         asyncio.run(forget_conversations(args.redis_url, created))
+        children.stop_all()  # the platforms, before their databases are dropped
+        databases.close()
     return results
 
 
@@ -211,9 +223,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per target at concurrency 32")
     parser.add_argument("--segment-warmup", type=float, default=2.0)
+    parser.add_argument(
+        "--database", choices=("sqlite", "postgresql"), default="sqlite",
+        help="the platform's database: SQLite in its data dir (default), or a fresh database on the local PostgreSQL",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     plan = [
         f"LiteLLM proxy {args.litellm_version} (own venv {LITELLM_VENV}) and the platform, {args.workers} worker(s) each",
+        f"the platform's database: {args.database}",
         f"concurrency 1: {args.requests} requests per target; concurrency {args.concurrency}: {args.seconds:g} s per target",
     ]
     return run(args, "Side by side with LiteLLM's proxy", plan, {"platform": args.platform_ref}, measure, report)

@@ -24,14 +24,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import delete, insert, select
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Connection, delete, insert, select
 
 from errors import NotFound, PermissionDenied
 from storage.engine import Database
 from storage.object_store import DiskObjectStore, ObjectMissing, ObjectStore, StoreUnavailable
 from storage.pagination import Cursor, Order, Page, fetch_page, new_id
-from storage.tables import Image, Usage, now
+from storage.tables import Image, now
 from storage.transcripts import TurnRecord, usage_row
 
 log = logging.getLogger(__name__)
@@ -88,12 +87,12 @@ class ImageStore:
             await asyncio.shield(upload)
             usage.images = len(rows)
 
-            async def write(conn: AsyncConnection) -> None:
+            def write(conn: Connection) -> None:
                 if rows:
-                    await conn.execute(insert(Image), [_values(row) for row in rows])
-                await conn.execute(insert(Usage).values(**usage_row(usage, stamp)))
+                    conn.execute(insert(Image), [_values(row) for row in rows])
 
-            await self.db.writer.commit(write)  # shared with the turns committed meanwhile (storage/writer.py)
+            # Shared with the turns committed meanwhile, the usage record in the batch's INSERT (storage/writer.py).
+            await self.db.writer.commit(write, usage=usage_row(usage, stamp))
         except BaseException:
             await asyncio.shield(self._discard(upload, outcomes))
             raise

@@ -82,6 +82,8 @@ class Conversation(Base):
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     created_at: Mapped[int] = mapped_column(Integer, default=now, index=True)
     updated_at: Mapped[int] = mapped_column(Integer, default=now)
+    # Kept by the turn's write (storage/transcripts.py), so that it learns the count without a COUNT query.
+    message_count: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
 
 
 class Message(Base):

@@ -14,13 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from langchain_core.messages import BaseMessage
-from sqlalchemy import delete, func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Connection, delete, insert, select, update
 
 from errors import APIError, NotFound
 from storage.engine import Database
 from storage.message_records import to_record
-from storage.tables import Conversation, IdempotencyKey, Message, StoredCompletion, Usage, now
+from storage.tables import Conversation, IdempotencyKey, Message, StoredCompletion, now
 
 
 def new_conversation_id() -> str:
@@ -167,6 +166,30 @@ def _client_message_row(conversation_id: str, message: BaseMessage, stamp: int) 
     return _message_row(conversation_id, record.pop("role"), record.pop("content"), stamp, **record)
 
 
+def _turn_rows(turn: TurnRecord, stamp: int) -> list[dict[str, Any]]:
+    """The turn's messages as rows of ``messages``: the client's new ones, then the answer."""
+    assert turn.conversation_id is not None
+    rows = [_client_message_row(turn.conversation_id, message, stamp) for message in turn.new_messages]
+    rows.append(
+        _message_row(
+            turn.conversation_id,
+            "assistant",
+            turn.answer,
+            stamp,
+            response_id=turn.response_id,
+            model=turn.model,
+            prompt_tokens=turn.prompt_tokens,
+            completion_tokens=turn.completion_tokens,
+            latency_ms=turn.latency_ms,
+            finish_reason=turn.finish_reason,
+            tool_calls=turn.answer_tool_calls,
+            citations=turn.citations or None,
+            safety=turn.safety or None,
+        )
+    )
+    return rows
+
+
 def _title_from(messages: Sequence[BaseMessage]) -> str | None:
     first = next((m.text for m in messages if m.type == "human" and m.text), None)
     return " ".join(first.split())[:80] if first else None
@@ -203,8 +226,7 @@ class ConversationStore:
         One Core query, no ORM object: the chat path asks this on every turn.
         """
         query = select(Conversation.app_id, Conversation.user).where(Conversation.id == conversation_id)
-        async with self.db.engine.connect() as conn:
-            row = (await conn.execute(query)).first()
+        row = await self.db.read(lambda conn: conn.execute(query).first())
         if row is None or not _visible(row.app_id, row.user, app_id, user):
             raise NotFound(f"No conversation found with id '{conversation_id}'.", param="conversation_id")
 
@@ -292,54 +314,46 @@ class ConversationStore:
         if turn.conversation_id is None and turn.stored_messages is None and turn.idempotency_key is None:
             self.db.writer.record_usage(usage_row(turn, stamp))
             return 0
-        return await self.db.writer.commit(lambda conn: self._write_turn(conn, turn, stamp))
+        # Its usage record goes in the batch's one INSERT of usage rows, in the same transaction.
+        return await self.db.writer.commit(
+            lambda conn: self._write_turn(conn, turn, stamp), usage=usage_row(turn, stamp)
+        )
 
     @staticmethod
-    async def _write_turn(conn: AsyncConnection, turn: TurnRecord, stamp: int) -> int:
+    def _write_turn(conn: Connection, turn: TurnRecord, stamp: int) -> int:
+        """The turn's rows, in as few statements as it takes: each is a round trip (a thread hop on SQLite). A new
+        conversation is inserted with its count; a continued one learns its count from its own UPDATE."""
         total = 0
-        if turn.create_conversation and turn.conversation_id is not None:
-            await conn.execute(
-                insert(Conversation).values(
-                    id=turn.conversation_id,
-                    app_id=turn.app_id,
-                    title=_title_from(turn.new_messages),
-                    user=turn.user,
-                    meta={},
-                    created_at=stamp,
-                    updated_at=stamp,
-                )
-            )
         if turn.conversation_id is not None:
-            result = await conn.execute(
-                update(Conversation)
-                .where(Conversation.id == turn.conversation_id, Conversation.app_id == turn.app_id)
-                .values(updated_at=stamp)
-            )
-            if result.rowcount > 0:
-                rows = [_client_message_row(turn.conversation_id, message, stamp) for message in turn.new_messages]
-                rows.append(
-                    _message_row(
-                        turn.conversation_id,
-                        "assistant",
-                        turn.answer,
-                        stamp,
-                        response_id=turn.response_id,
-                        model=turn.model,
-                        prompt_tokens=turn.prompt_tokens,
-                        completion_tokens=turn.completion_tokens,
-                        latency_ms=turn.latency_ms,
-                        finish_reason=turn.finish_reason,
-                        tool_calls=turn.answer_tool_calls,
-                        citations=turn.citations or None,
-                        safety=turn.safety or None,
+            rows = _turn_rows(turn, stamp)
+            if turn.create_conversation:
+                conn.execute(
+                    insert(Conversation).values(
+                        id=turn.conversation_id,
+                        app_id=turn.app_id,
+                        title=_title_from(turn.new_messages),
+                        user=turn.user,
+                        meta={},
+                        created_at=stamp,
+                        updated_at=stamp,
+                        message_count=len(rows),
                     )
                 )
-                await conn.execute(insert(Message), rows)
-                total = await conn.scalar(
-                    select(func.count()).select_from(Message).where(Message.conversation_id == turn.conversation_id)
+                total = len(rows)
+            else:  # None: the conversation was deleted meanwhile, and the turn is not kept
+                total = (
+                    conn.scalar(
+                        update(Conversation)
+                        .where(Conversation.id == turn.conversation_id, Conversation.app_id == turn.app_id)
+                        .values(updated_at=stamp, message_count=Conversation.message_count + len(rows))
+                        .returning(Conversation.message_count)
+                    )
+                    or 0
                 )
+            if total:
+                conn.execute(insert(Message), rows)
         if turn.stored_messages is not None:
-            await conn.execute(
+            conn.execute(
                 insert(StoredCompletion).values(
                     response_id=turn.response_id,
                     app_id=turn.app_id,
@@ -350,9 +364,8 @@ class ConversationStore:
                     created_at=stamp,
                 )
             )
-        await conn.execute(insert(Usage).values(**usage_row(turn, stamp)))
         if turn.idempotency_key is not None:
-            await conn.execute(
+            conn.execute(
                 update(IdempotencyKey)
                 .where(
                     IdempotencyKey.app_id == turn.app_id,

@@ -19,12 +19,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import insert
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Connection, insert
 
 from storage.tables import Usage
 
@@ -33,12 +32,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Work = Callable[[AsyncConnection], Awaitable[Any]]
+# A sync function of a connection (storage/engine.py: one thread hop for all of a batch's statements on SQLite).
+Work = Callable[[Connection], Any]
 
 
 @dataclass
 class _Pending:
     work: Work
+    usage: dict[str, Any] | None = None  # its usage record, inserted with the batch's
     done: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -61,14 +62,14 @@ class Writer:
         """The event loop the writer runs on (None before its first write): where ``flush`` must be awaited."""
         return self._task.get_loop() if self._task is not None and not self._task.done() else None
 
-    async def commit(self, work: Work) -> Any:
+    async def commit(self, work: Work, *, usage: dict[str, Any] | None = None) -> Any:
         """Run ``work(connection)`` in a transaction shared with the other writes queued meanwhile; return its
         result once that transaction is committed. A failing ``work`` fails its caller only (the others are
         written again without it). Runs to its end even when the caller is cancelled: a turn whose client left is
         stored whole or not at all, as before."""
         if self._closed:
-            return await self._transaction([work], [])
-        pending = _Pending(work)
+            return (await self._transaction([work], [usage] if usage else []))[0]
+        pending = _Pending(work, usage)
         self._pending.append(pending)
         self._wake()
         return await pending.done
@@ -137,7 +138,7 @@ class Writer:
 
     async def _write(self, batch: list[_Pending], usage: list[dict[str, Any]]) -> None:
         try:
-            results = await self._transaction([p.work for p in batch], usage)
+            results = await self._transaction([p.work for p in batch], [*_usage_of(batch), *usage])
         except Exception as exc:
             if len(batch) + bool(usage) <= 1:
                 self._settle(batch, error=exc)
@@ -146,7 +147,7 @@ class Writer:
             # One of them failed the batch: write each alone, so only its own caller hears of it.
             for pending in batch:
                 try:
-                    result = (await self._transaction([pending.work], []))[0]
+                    result = (await self._transaction([pending.work], _usage_of([pending])))[0]
                 except Exception as alone:
                     self._settle([pending], error=alone)
                 else:
@@ -160,10 +161,13 @@ class Writer:
             self._settle(batch, results=results)
 
     async def _transaction(self, works: list[Work], usage: list[dict[str, Any]]) -> list[Any]:
-        async with self.db.engine.begin() as conn:
-            results = [await work(conn) for work in works]
+        def write(conn: Connection) -> list[Any]:
+            results = [work(conn) for work in works]
             if usage:
-                await conn.execute(insert(Usage), usage)
+                conn.execute(insert(Usage), usage)
+            return results
+
+        results = await self.db.transaction(write)
         self.batches += 1
         if usage and self._failing:
             self._failing = False
@@ -200,5 +204,9 @@ class Writer:
             log.error("dropped the %d oldest usage records: the database has refused writes for too long", dropped)
 
 
-async def _nothing(_conn: AsyncConnection) -> None:
+def _usage_of(batch: list[_Pending]) -> list[dict[str, Any]]:
+    return [pending.usage for pending in batch if pending.usage is not None]
+
+
+def _nothing(_conn: Connection) -> None:
     return None

@@ -93,6 +93,41 @@ def test_a_database_made_before_migrations_is_stamped_then_upgraded_with_its_row
     asyncio.run(run(check)(empty_url))
 
 
+def test_conversations_made_before_0010_get_their_message_count(empty_url):
+    """0010 counts the messages of the conversations that exist (the turn's write keeps the count from then on)."""
+
+    def upgrade_to(conn, revision: str) -> None:
+        config = alembic_config()
+        config.attributes["connection"] = conn
+        command.upgrade(config, revision)
+
+    async def check(db: Database):
+        async with db.engine.begin() as conn:
+            await conn.run_sync(upgrade_to, "0009")
+            for conversation, messages in (("conv_a", 3), ("conv_b", 0)):
+                await conn.execute(
+                    text(
+                        "INSERT INTO conversations (id, app_id, metadata, created_at, updated_at) "
+                        "VALUES (:id, 'app_1', '{}', 1, 1)"
+                    ),
+                    {"id": conversation},
+                )
+                for n in range(messages):
+                    await conn.execute(
+                        text(
+                            "INSERT INTO messages (conversation_id, role, content, created_at) "
+                            "VALUES (:id, 'user', :content, 1)"
+                        ),
+                        {"id": conversation, "content": f"m{n}"},
+                    )
+        assert await db.upgrade_schema() == head()
+        async with db.engine.connect() as conn:
+            counts = (await conn.execute(text("SELECT id, message_count FROM conversations ORDER BY id"))).all()
+        assert [tuple(row) for row in counts] == [("conv_a", 3), ("conv_b", 0)]
+
+    asyncio.run(run(check)(empty_url))
+
+
 def _baseline_without_version(conn) -> None:
     config = alembic_config()
     config.attributes["connection"] = conn

@@ -4,6 +4,7 @@ PostgreSQL (the ``db`` fixture runs each test on both)."""
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 
 import pytest
@@ -42,47 +43,44 @@ async def count(db: Database, table, *where) -> int:
 
 
 async def test_concurrent_turns_share_one_commit(db: Database):
-    """Turns queued while a commit runs go out together in the next transaction, each caller getting its result."""
+    """Turns queued while the writer is busy go out together in one transaction, each caller getting its result."""
     store = ConversationStore(db)
-    release = asyncio.Event()
-
-    async def slow(conn) -> str:
-        await release.wait()
-        return "first"
-
-    first = asyncio.create_task(db.writer.commit(slow))
-    await asyncio.sleep(0.05)  # the writer is inside the first transaction
-    turns = [turn(f"conv_{uuid.uuid4().hex}", f"question {i}") for i in range(20)]
-    queued = [asyncio.create_task(store.record_turn(t)) for t in turns]
-    await asyncio.sleep(0.05)
+    await store.record_turn(turn(f"conv_{uuid.uuid4().hex}"))  # the writer is running, waiting for work
     before = db.writer.batches
-    release.set()
-    assert await first == "first"
-    assert await asyncio.gather(*queued) == [2] * 20  # each turn's own count of messages
-    assert db.writer.batches - before == 2  # the first transaction, then one for the 20 turns
-    assert await count(db, Message) == 40
-    assert await count(db, Usage) == 20
+    turns = [turn(f"conv_{uuid.uuid4().hex}", f"question {i}") for i in range(20)]
+    # All 20 are queued before the writer's next turn on the event loop.
+    assert await asyncio.gather(*(store.record_turn(t) for t in turns)) == [2] * 20  # each turn's own count
+    assert db.writer.batches - before == 1
+    assert await count(db, Message) == 42
+    assert await count(db, Usage) == 21
+
+
+async def test_a_continued_turn_counts_the_conversations_messages(db: Database):
+    store = ConversationStore(db)
+    conversation_id = f"conv_{uuid.uuid4().hex}"
+    assert await store.record_turn(turn(conversation_id)) == 2
+    follow = turn(conversation_id, "again")
+    follow.create_conversation = False
+    assert await store.record_turn(follow) == 4
+    await store.delete_conversation(conversation_id, app_id=APP)
+    gone = turn(conversation_id, "after the delete")
+    gone.create_conversation = False
+    assert await store.record_turn(gone) == 0  # not kept; its usage record is
+    assert await count(db, Message) == 0
+    assert await count(db, Usage, Usage.response_id == gone.response_id) == 1
 
 
 async def test_a_failing_turn_fails_only_its_caller(db: Database):
     store = ConversationStore(db)
     taken = f"conv_{uuid.uuid4().hex}"
     await store.record_turn(turn(taken))
-    release = asyncio.Event()
-
-    async def hold(conn) -> None:
-        await release.wait()
-
-    blocker = asyncio.create_task(db.writer.commit(hold))
-    await asyncio.sleep(0.05)
-    good = [asyncio.create_task(store.record_turn(turn(f"conv_{uuid.uuid4().hex}"))) for _ in range(3)]
-    duplicate = asyncio.create_task(store.record_turn(turn(taken)))  # creates a conversation that exists: fails
-    await asyncio.sleep(0.05)
-    release.set()
-    await blocker
-    assert await asyncio.gather(*good) == [2, 2, 2]
-    with pytest.raises(Exception, match="(?i)unique|duplicate"):
-        await duplicate
+    before = db.writer.batches
+    good = [store.record_turn(turn(f"conv_{uuid.uuid4().hex}")) for _ in range(3)]
+    duplicate = store.record_turn(turn(taken))  # creates a conversation that exists: fails
+    results = await asyncio.gather(*good, duplicate, return_exceptions=True)
+    assert results[:3] == [2, 2, 2]
+    assert isinstance(results[3], Exception) and re.search("(?i)unique|duplicate", str(results[3]))
+    assert db.writer.batches - before == 3  # the batch failed; each good turn was then written alone
     assert await count(db, Conversation) == 4
     assert await count(db, Message) == 8
 
@@ -126,19 +124,11 @@ async def test_close_writes_what_is_buffered(db_url: str, db: Database):
 
 async def test_a_turn_whose_caller_is_cancelled_is_still_stored_whole(db: Database):
     store = ConversationStore(db)
-    release = asyncio.Event()
-
-    async def hold(conn) -> None:
-        await release.wait()
-
-    blocker = asyncio.create_task(db.writer.commit(hold))
-    await asyncio.sleep(0.05)
+    await store.record_turn(turn(f"conv_{uuid.uuid4().hex}"))
     conversation_id = f"conv_{uuid.uuid4().hex}"
     caller = asyncio.create_task(store.record_turn(turn(conversation_id)))
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0)  # the caller queues its turn and waits
     caller.cancel()
-    release.set()
-    await blocker
     await db.writer.flush()
     assert caller.cancelled()
     assert await count(db, Message, Message.conversation_id == conversation_id) == 2
