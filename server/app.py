@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import multiprocessing
 from contextlib import asynccontextmanager
@@ -51,6 +52,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             watch_parent(parent.pid, terminate_self)  # never outlive the supervisor, even a SIGKILLed one
         await services.open()
         await services.warm_up()
+        # What start-up loaded (modules, routes, models, compiled graphs) lives as long as the process: moved out of
+        # the garbage collector's generations, so that collections under load walk only what requests allocate.
+        gc.collect()
+        gc.freeze()
         # Streams still running when uvicorn's grace period is about to end get an error event (server/shutdown.py).
         services.chat.running.watch(settings.shutdown_grace_seconds)
         yield
