@@ -38,6 +38,9 @@ bench: $(STAMP) services
 	$(BIN)/python bench/safety_overhead.py
 	$(BIN)/python bench/safety_set.py
 	$(BIN)/python bench/fine_tuning.py
+	$(BIN)/python bench/vs_litellm.py
+	$(BIN)/python bench/graph_overhead.py
+	$(BIN)/python bench/long_conversation.py
 
 clean:
 	rm -rf $(VENV) .cache

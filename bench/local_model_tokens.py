@@ -193,6 +193,9 @@ def part_local(args: argparse.Namespace, children: Children, roots: dict[str, Pa
         GENAI_LOCAL_MODEL_URL=server.base_url,
         GENAI_LOCAL_MODEL_PATH=str(MODEL_PATH),
         GENAI_LOCAL_MODEL_CONTEXT="2048",
+        # The same prompts at temperature 0 over and over: with the semantic cache on, the platform would replay its
+        # first answers and this would measure the cache (it did from #9 until #14).
+        GENAI_CACHE_ENABLED="false",
     )
     platform_url, api_key = start_platform(children, "platform-local", port, env, roots["platform"])
     print(f"platform        {platform_url}  -> {LOCAL_MODEL_NAME} at {server.base_url} (embedded defaults)")

@@ -2,7 +2,7 @@
 window) plus the charge afterwards, for the committed implementation (``git show <ref>:server/gateway/rate_limits.py``,
 the ``limits`` library's sliding window counter) and for the working tree's (one Lua script each), in the same run.
 
-    python bench/rate_limit_calls.py [--calls 2000] [--rounds 3] [--ref HEAD] [--redis-url redis://127.0.0.1:6379/14]
+    python bench/rate_limit_calls.py [--calls 2000] [--rounds 3] [--ref 13fdbeb] [--redis-url redis://127.0.0.1:6379/14]
 
 Prints, for each, the round trips to Redis per request (counted on redis-py's connections) and the microseconds per
 request (admit + spend, one after the other, the best of ``--rounds`` alternating rounds), then the ratio.
@@ -104,7 +104,11 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--ref", default="HEAD", help="the commit of the implementation to compare with")
+    parser.add_argument(
+        "--ref",
+        default="13fdbeb",
+        help="the commit of the implementation to compare with (default: the last on `limits`)",
+    )
     parser.add_argument("--redis-url", default=REDIS_URL)
     args = parser.parse_args()
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, insert
+from sqlalchemy.exc import DataError, IntegrityError, ProgrammingError
 
 from storage.tables import Usage
 
@@ -31,6 +32,9 @@ if TYPE_CHECKING:
     from storage.engine import Database
 
 log = logging.getLogger(__name__)
+
+# Errors of a row, not of the database: the batch rolled back for sure, and the other rows can be written alone.
+ROW_ERRORS = (IntegrityError, DataError, ProgrammingError)
 
 # A sync function of a connection (storage/engine.py: one thread hop for all of a batch's statements on SQLite).
 Work = Callable[[Connection], Any]
@@ -140,11 +144,14 @@ class Writer:
         try:
             results = await self._transaction([p.work for p in batch], [*_usage_of(batch), *usage])
         except Exception as exc:
-            if len(batch) + bool(usage) <= 1:
+            if len(batch) + bool(usage) <= 1 or not isinstance(exc, ROW_ERRORS):
+                # Nothing to single out; or the database itself failed, maybe while committing: writing the turns
+                # again could store them twice. Their callers hear of it (a 503), the usage records wait.
                 self._settle(batch, error=exc)
                 self._keep(usage, exc)
                 return
-            # One of them failed the batch: write each alone, so only its own caller hears of it.
+            # One of them failed the batch (the transaction rolled back): write each alone, so only its own caller
+            # hears of it.
             for pending in batch:
                 try:
                     result = (await self._transaction([pending.work], _usage_of([pending])))[0]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -111,3 +112,38 @@ def test_a_database_outage_is_503_and_recovers(live_server, mock_upstream, relay
         relay.start()
         assert http.post("/v1/chat/completions", json=body).status_code == 200
         assert http.get("/readyz").json()["checks"]["database"] == "ok"
+
+
+def test_conversation_turns_are_stored_across_a_database_outage(live_server, mock_upstream, relayed_database):
+    """The writer keeps its connection while busy (storage/engine.py): the connection the outage broke is replaced,
+    a turn during the outage is a 503 that stored nothing, and the turns after it are stored once each."""
+    url, relay = relayed_database
+    server = live_server(
+        model_routes=[ModelRoute(name="mock", base_url=mock_upstream, max_retries=0)], database_url=url
+    )
+    with server.http() as http:
+        first = http.post(
+            "/v1/chat/completions",
+            json={"model": "mock", "messages": [{"role": "user", "content": "one"}], "conversation_id": "new"},
+        )
+        assert first.status_code == 200
+        conversation = first.json()["conversation_id"]
+
+        def turn(content: str):
+            body = {
+                "model": "mock",
+                "messages": [{"role": "user", "content": content}],
+                "conversation_id": conversation,
+            }
+            return http.post("/v1/chat/completions", json=body)
+
+        assert turn("two").status_code == 200
+        relay.stop()
+        assert_error(turn("during the outage"), 503, code="service_unavailable")
+        relay.start()
+        assert turn("three").status_code == 200  # at once: the writer's broken connection was dropped
+        time.sleep(1.5)  # idle longer than WRITER_IDLE_SECONDS: the next turn checks out a fresh connection
+        assert turn("four").status_code == 200
+        stored = [m["content"] for m in http.get(f"/v1/conversations/{conversation}").json()["messages"]]
+    assert stored[::2] == ["one", "two", "three", "four"]
+    assert len(stored) == 8
