@@ -289,3 +289,28 @@ async def test_begin_stops_streams_a_second_before_the_grace_period_ends():
         await asyncio.sleep(0.01)
     assert 0.7 < time.monotonic() - started < 1.2  # 1.5 - min(1, 1.5 / 2)
     streams.close()
+
+
+@pytest.mark.parametrize(("stop", "kept"), [(signal.SIGTERM, 5), (signal.SIGKILL, 0)])
+def test_buffered_usage_records_are_written_on_a_graceful_stop_and_lost_in_a_crash(tmp_path, mock_upstream, stop, kept):
+    """Usage records of stateless requests wait in the writer's buffer (a 60 s flush interval here): SIGTERM writes
+    them before the process exits; SIGKILL loses them, as the README says a crash does."""
+    data_dir = (tmp_path / "data").resolve()
+    env = {name: value for name, value in os.environ.items() if not name.startswith(("GENAI_", "PROMETHEUS_"))}
+    env.update(
+        GENAI_DATA_DIR=str(data_dir),
+        GENAI_ADMIN_KEY=ADMIN_KEY,
+        GENAI_MODEL_ROUTES=json.dumps([{"name": "mock", "base_url": mock_upstream, "max_retries": 0}]),
+        GENAI_CACHE_ENABLED="false",
+        GENAI_USAGE_FLUSH_SECONDS="60",
+    )
+    with genai_serve(env=env, log_path=tmp_path / "serve.log") as (serve, base):
+        key = serve_app_key(base, "buffered")
+        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=30) as client:
+            for n in range(5):
+                body = {"model": "mock", "messages": [{"role": "user", "content": f"question {n}"}]}
+                assert client.post("/v1/chat/completions", json=body).status_code == 200
+        assert usage_rows(data_dir) == {}  # still in the buffer
+        os.killpg(serve.pid, stop)
+        serve.wait(timeout=30)
+    assert len(usage_rows(data_dir)) == kept
