@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from storage import migrations
@@ -32,6 +33,7 @@ class Database:
     def __init__(self, url: str, *, usage_flush_seconds: float = 0.2) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
+        self._read_engine: AsyncEngine | None = None
         if self.is_sqlite:
             self._ensure_sqlite_dir()
             self.engine: AsyncEngine = create_async_engine(url, connect_args={"timeout": 30})
@@ -41,6 +43,11 @@ class Database:
             connect_args = {"timeout": 5} if url.startswith("postgresql+asyncpg") else {}
             self.engine = create_async_engine(
                 url, pool_pre_ping=True, pool_size=10, max_overflow=20, connect_args=connect_args
+            )
+            # The request path's reads (``read``): no ping before each (a round trip); a read that meets a connection
+            # the database dropped is tried once more on a fresh one, which a read may safely be.
+            self._read_engine = create_async_engine(
+                url, pool_size=5, max_overflow=20, connect_args=connect_args, isolation_level="AUTOCOMMIT"
             )
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._writer_connection: AsyncConnection | None = None
@@ -104,10 +111,16 @@ class Database:
         """``work(connection)`` on a connection of its own, for reads (SQLite's readers run beside its writer)."""
         if self.sync_engine is not None:
             return await asyncio.get_running_loop().run_in_executor(None, self._on_connection, work)
-        async with self.engine.connect() as conn:
-            # Autocommit: no BEGIN before the read and no ROLLBACK after it, two round trips fewer on PostgreSQL.
-            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            return await conn.run_sync(work)
+        engine = self._read_engine or self.engine
+        for attempt in (1, 2):
+            try:
+                # Autocommit: no BEGIN before the read and no ROLLBACK after it, two round trips fewer.
+                async with engine.connect() as conn:
+                    return await conn.run_sync(work)
+            except DBAPIError as exc:
+                if attempt == 2 or not exc.connection_invalidated:
+                    raise
+        raise AssertionError("unreachable")
 
     def _in_transaction(self, work: Callable[[Connection], T]) -> T:
         assert self.sync_engine is not None
@@ -139,6 +152,8 @@ class Database:
         if self.sync_engine is not None:
             self.sync_engine.dispose()
         await self._drop_writer_connection()
+        if self._read_engine is not None:
+            await self._read_engine.dispose()
         await self.engine.dispose()
 
 

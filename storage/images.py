@@ -91,7 +91,7 @@ class ImageStore:
                 if rows:
                     conn.execute(insert(Image), [_values(row) for row in rows])
 
-            # Shared with the turns committed meanwhile, the usage record in the batch's INSERT (storage/writer.py).
+            # Shared with the turns committed meanwhile; the usage record buffered once it is (storage/writer.py).
             await self.db.writer.commit(write, usage=usage_row(usage, stamp))
         except BaseException:
             await asyncio.shield(self._discard(upload, outcomes))

@@ -300,7 +300,7 @@ class ConversationStore:
         return rows
 
     async def record_turn(self, turn: TurnRecord) -> int:
-        """Write the turn and its usage atomically, through the process's writer (storage/writer.py).
+        """Write the turn, then its usage record, through the process's writer (storage/writer.py).
 
         A turn that leaves rows a client relies on (a conversation's messages, a stored completion, an idempotent
         reply) is committed before this returns, in a transaction it may share with concurrent turns. A request that
@@ -314,7 +314,8 @@ class ConversationStore:
         if turn.conversation_id is None and turn.stored_messages is None and turn.idempotency_key is None:
             self.db.writer.record_usage(usage_row(turn, stamp))
             return 0
-        # Its usage record goes in the batch's one INSERT of usage rows, in the same transaction.
+        # Its usage record is buffered once the turn is committed (storage/writer.py): the turn's commit waits for
+        # its own rows only.
         return await self.db.writer.commit(
             lambda conn: self._write_turn(conn, turn, stamp), usage=usage_row(turn, stamp)
         )

@@ -6,8 +6,9 @@ path's rows through one task:
 
 - ``commit(work)``: a conversation turn, stored images. The turn is committed before its caller returns, as
   before, but the turns queued while a commit runs share the next transaction (group commit).
-- ``record_usage(row)``: a usage record, which no client waits for. It is buffered and written with the next
-  commit, or at most ``flush_seconds`` after it was recorded, and on a graceful stop (``close``).
+- ``record_usage(row)``: a usage record, which no client waits for (a turn's too). It is buffered and written in
+  a transaction of its own at most ``flush_seconds`` after it was recorded, with a ``flush``, and on a graceful stop
+  (``close``).
 
 A crash (SIGKILL, power loss) can lose the usage records of the last ``flush_seconds``, never a turn a client was
 told about. While the database cannot be written, usage records wait in memory (at most ``max_buffered``, the
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -43,7 +45,7 @@ Work = Callable[[Connection], Any]
 @dataclass
 class _Pending:
     work: Work
-    usage: dict[str, Any] | None = None  # its usage record, inserted with the batch's
+    usage: dict[str, Any] | None = None  # its usage record, buffered once the work is committed
     done: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -58,6 +60,7 @@ class Writer:
         self._task: asyncio.Task | None = None
         self._closed = False
         self._writing = False
+        self._usage_since = 0.0  # time.monotonic() when the oldest buffered usage record came
         self._failing = False  # the last usage write failed: say so once, and once more when it works again
         self.batches = 0  # transactions written, for tests and benchmarks
 
@@ -72,7 +75,7 @@ class Writer:
         written again without it). Runs to its end even when the caller is cancelled: a turn whose client left is
         stored whole or not at all, as before."""
         if self._closed:
-            return (await self._transaction([work], [usage] if usage else []))[0]
+            return (await self._transaction([work], [usage] if usage else []))[0]  # nothing buffers any more
         pending = _Pending(work, usage)
         self._pending.append(pending)
         self._wake()
@@ -85,6 +88,7 @@ class Writer:
             return
         self._usage.append(row)
         if len(self._usage) == 1:
+            self._usage_since = time.monotonic()
             self._wake()
 
     async def flush(self) -> None:
@@ -116,33 +120,32 @@ class Writer:
         self._event.set()
 
     async def _run(self) -> None:
+        """Turns are written as soon as the writer is free (with those queued meanwhile). Buffered usage records go
+        in a transaction of their own once the oldest has waited ``flush_seconds`` (off the turns' path: a turn's
+        commit carries no more statements than its own), or with a flush, which someone awaits."""
         event = self._event
         assert event is not None
         while True:
-            await event.wait()
-            event.clear()
-            if not self._pending:  # usage records only: wait for more to share the commit (a turn cuts it short)
+            if not self._pending:
+                due = self._usage_since + self.flush_seconds - time.monotonic() if self._usage else None
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wait_for_turn(event), self.flush_seconds)
+                    await asyncio.wait_for(event.wait(), due if due is None else max(due, 0.0))
+            event.clear()
             batch, self._pending = self._pending, []
-            usage, self._usage = self._usage, []
+            flush = any(pending.work is _nothing for pending in batch)
+            usage: list[dict[str, Any]] = []
+            if self._usage and (flush or time.monotonic() >= self._usage_since + self.flush_seconds):
+                usage, self._usage = self._usage, []
             if batch or usage:
                 self._writing = True
                 try:
                     await self._write(batch, usage)
                 finally:
                     self._writing = False
-            if self._pending or self._usage:
-                event.set()
-
-    async def _wait_for_turn(self, event: asyncio.Event) -> None:
-        while not self._pending:
-            await event.wait()
-            event.clear()
 
     async def _write(self, batch: list[_Pending], usage: list[dict[str, Any]]) -> None:
         try:
-            results = await self._transaction([p.work for p in batch], [*_usage_of(batch), *usage])
+            results = await self._transaction([p.work for p in batch], usage)
         except Exception as exc:
             if len(batch) + bool(usage) <= 1 or not isinstance(exc, ROW_ERRORS):
                 # Nothing to single out; or the database itself failed, maybe while committing: writing the turns
@@ -154,7 +157,7 @@ class Writer:
             # hears of it.
             for pending in batch:
                 try:
-                    result = (await self._transaction([pending.work], _usage_of([pending])))[0]
+                    result = (await self._transaction([pending.work], []))[0]
                 except Exception as alone:
                     self._settle([pending], error=alone)
                 else:
@@ -187,9 +190,12 @@ class Writer:
         except Exception:
             log.exception("could not write %d usage records", len(rows))
 
-    @staticmethod
-    def _settle(batch: list[_Pending], *, results: list[Any] | None = None, error: BaseException | None = None):
+    def _settle(
+        self, batch: list[_Pending], *, results: list[Any] | None = None, error: BaseException | None = None
+    ) -> None:
         for index, pending in enumerate(batch):
+            if error is None and pending.usage is not None:  # written: its usage record joins the buffer
+                self.record_usage(pending.usage)
             if pending.done.done():  # its caller was cancelled; the write happened all the same
                 continue
             if error is not None:
@@ -205,14 +211,11 @@ class Writer:
             self._failing = True
             log.warning("could not write usage records, will retry: %s: %s", type(exc).__name__, exc)
         self._usage[:0] = usage
+        self._usage_since = time.monotonic()  # tried again a flush interval later
         if len(self._usage) > self.max_buffered:
             dropped = len(self._usage) - self.max_buffered
             del self._usage[:dropped]
             log.error("dropped the %d oldest usage records: the database has refused writes for too long", dropped)
-
-
-def _usage_of(batch: list[_Pending]) -> list[dict[str, Any]]:
-    return [pending.usage for pending in batch if pending.usage is not None]
 
 
 def _nothing(_conn: Connection) -> None:

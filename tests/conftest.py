@@ -150,9 +150,7 @@ class LiveServer:
         """Every row of ``table`` (a SQLAlchemy table) in the server's database, read through an engine of this
         thread's own (the server's engine belongs to its loop). The usage records the server buffers are written
         first."""
-        writer = self.services.db.writer
-        if (loop := writer.loop) is not None and loop.is_running():
-            asyncio.run_coroutine_threadsafe(writer.flush(), loop).result(timeout=30)
+        self.flush_writes()
 
         async def read() -> list[dict]:
             db = Database(self.services.db.url)
@@ -163,6 +161,12 @@ class LiveServer:
                 await db.close()
 
         return asyncio.run(read())
+
+    def flush_writes(self) -> None:
+        """Write the usage records the server's writer buffers (storage/writer.py), in the server's loop."""
+        writer = self.services.db.writer
+        if (loop := writer.loop) is not None and loop.is_running():
+            asyncio.run_coroutine_threadsafe(writer.flush(), loop).result(timeout=30)
 
     def stop(self) -> None:
         self.server.should_exit = True

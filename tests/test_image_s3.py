@@ -272,15 +272,17 @@ async def test_a_failed_transaction_removes_its_objects(tmp_path, s3):
     try:
         [row] = await store.save([NewImage(b"png", "1x1")], app_id="app", user=None, model="m", prompt="p", usage=usage)
         assert await store.read(row) == b"png" and s3.objects() == {f"orphans/app/{row.id}.png": b"png"}
-        async with db.engine.begin() as conn:  # the next transaction fails, at its usage record
-            await conn.execute(text("DROP TABLE usage"))
+        async with db.engine.begin() as conn:  # the next transaction fails, at its image rows
+            await conn.execute(text("ALTER TABLE images RENAME TO images_away"))
         with pytest.raises(Exception) as failed:
             await store.save(
                 [NewImage(b"a", "1x1"), NewImage(b"b", "1x1")], app_id="app", user=None, model="m", prompt="p",
                 usage=usage,
             )  # fmt: skip
-        assert "usage" in str(failed.value) and not isinstance(failed.value, StoreUnavailable)
+        assert "images" in str(failed.value) and not isinstance(failed.value, StoreUnavailable)
         assert s3.objects() == {f"orphans/app/{row.id}.png": b"png"}  # the two uploads went again
+        async with db.engine.begin() as conn:
+            await conn.execute(text("ALTER TABLE images_away RENAME TO images"))
         async with db.session() as session:  # and their rows were never written
             assert (await session.scalars(select(Image.id))).all() == [row.id]
     finally:

@@ -166,6 +166,7 @@ async def test_record_turn_creates_the_conversation(store, db):
     assert answer.finish_reason == "stop"
     assert question.id < answer.id
 
+    await store.db.writer.flush()  # the turn's usage record is buffered once the turn is committed
     usage = await scalar(db, select(Usage).where(Usage.response_id == record.response_id))
     assert usage.conversation_id == conversation_id
     assert (usage.prompt_tokens, usage.completion_tokens, usage.status, usage.stream) == (11, 5, "ok", False)
@@ -221,6 +222,7 @@ async def test_record_turn_on_a_deleted_conversation_writes_no_messages(store, d
     assert await count(db, Message, Message.conversation_id == conversation.id) == 0
     assert await count(db, Conversation, Conversation.id == conversation.id) == 0
     # The request itself still counts as usage.
+    await store.db.writer.flush()
     assert await count(db, Usage, Usage.response_id == late.response_id) == 1
 
 

@@ -52,7 +52,9 @@ def test_live_server_two_turn_conversation_on_postgres(live_server, postgres_url
     ]
     assert [m["response_id"] for m in stored["messages"][1::2]] == [first.id, second.id]
 
-    # The rows are in PostgreSQL, read back with a store of the test's own.
+    # The rows are in PostgreSQL, read back with a store of the test's own (the usage records written first).
+    server.flush_writes()
+
     async def read_back():
         db = Database(postgres_url)
         try:

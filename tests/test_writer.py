@@ -52,6 +52,7 @@ async def test_concurrent_turns_share_one_commit(db: Database):
     assert await asyncio.gather(*(store.record_turn(t) for t in turns)) == [2] * 20  # each turn's own count
     assert db.writer.batches - before == 1
     assert await count(db, Message) == 42
+    await db.writer.flush()  # the turns' usage records were buffered once they were committed
     assert await count(db, Usage) == 21
 
 
@@ -67,6 +68,7 @@ async def test_a_continued_turn_counts_the_conversations_messages(db: Database):
     gone.create_conversation = False
     assert await store.record_turn(gone) == 0  # not kept; its usage record is
     assert await count(db, Message) == 0
+    await db.writer.flush()
     assert await count(db, Usage, Usage.response_id == gone.response_id) == 1
 
 
