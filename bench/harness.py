@@ -40,6 +40,8 @@ if str(ROOT) not in sys.path:
 import httptools  # noqa: E402  (installed with uvicorn[standard])
 import httpx  # noqa: E402
 
+from chains.local_model_process import stop_process  # noqa: E402
+
 if TYPE_CHECKING:
     from chains.local_model_process import LocalModelServer
 
@@ -82,7 +84,7 @@ class Children:
         log.close()
 
         def stop() -> None:
-            terminate(process)
+            stop_process(process, timeout=10.0)
 
         self._stack.append((name, stop))
         return process
@@ -102,18 +104,6 @@ class Children:
             _, stop = self._stack.pop()
             with contextlib.suppress(Exception):
                 stop()
-
-
-def terminate(process: subprocess.Popen, timeout: float = 10.0) -> None:
-    """SIGTERM the process we started (by its pid), SIGKILL it when it lingers."""
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def free_port() -> int:

@@ -23,11 +23,11 @@ import orjson
 from langchain_core.messages import BaseMessage
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from memory.redis_client import Outage
 from storage.message_records import from_record, row_record, to_record
-from storage.tables import Message
+from storage.tables import Conversation
 from storage.transcripts import ConversationStore
 
 # Once a conversation overflows ``max_messages``, memory keeps about this fraction of them (``memory_keep_fraction``).
@@ -57,10 +57,8 @@ async def window_rows(store: ConversationStore, conversation_id: str, max_messag
     rows = await store.messages(conversation_id, limit=max_messages)
     if len(rows) < max_messages:
         return rows  # the whole conversation
-    async with store.db.session() as session:
-        total = await session.scalar(
-            select(func.count()).select_from(Message).where(Message.conversation_id == conversation_id)
-        )
+    async with store.db.session() as session:  # the count the turns' writes keep (storage/transcripts.py)
+        total = await session.scalar(select(Conversation.message_count).where(Conversation.id == conversation_id))
     total = total or 0
     kept = min(max(total - window_start(total, max_messages, keep_fraction), 0), len(rows))
     return rows[len(rows) - kept :]
