@@ -1,8 +1,9 @@
 """The transcript store: conversations, messages and usage in the SQL database.
 
 The database is the source of truth for conversations; Redis memory is a
-cache of it. A turn (the user's messages, the answer, its usage) is written in
-one transaction, so a failed or cancelled call leaves nothing half-written.
+cache of it. A turn (the user's messages and the answer) is written in one
+transaction, so a failed or cancelled call leaves nothing half-written; its usage
+record follows it through the writer's buffer (storage/writer.py).
 """
 
 from __future__ import annotations
