@@ -41,6 +41,7 @@ bench: $(STAMP) services
 	$(BIN)/python bench/vs_litellm.py
 	$(BIN)/python bench/graph_overhead.py
 	$(BIN)/python bench/long_conversation.py
+	$(BIN)/python bench/cluster_memory.py
 
 clean:
 	rm -rf $(VENV) .cache

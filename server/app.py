@@ -58,6 +58,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         gc.freeze()
         # Streams still running when uvicorn's grace period is about to end get an error event (server/shutdown.py).
         services.chat.running.watch(settings.shutdown_grace_seconds)
+        # SIGTERM: /readyz turns 503 and the server serves on for drain_seconds before that shutdown (server/drain.py).
+        services.drain.install(settings.drain_seconds)
         yield
         services.chat.running.close()
         await services.close()
@@ -87,5 +89,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             per_path={"/v1/files": max(settings.max_body_bytes, settings.max_file_bytes + MULTIPART_ALLOWANCE)},
         ),
         metrics=services.metrics,
+        drain=services.drain,
     )
     return app

@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import uvicorn
@@ -98,11 +99,11 @@ def serve(args: argparse.Namespace) -> int:
             start_worker(settings, children)
         if workers > 1:
             # Each worker writes its metrics here and /metrics sums them; set before a worker imports
-            # prometheus_client.
-            metrics_dir = (settings.data_dir / "prometheus").resolve()
-            shutil.rmtree(metrics_dir, ignore_errors=True)
-            metrics_dir.mkdir(parents=True)
-            os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+            # prometheus_client. A directory of this process's own, not in the data dir: replicas may share that.
+            metrics_dir = tempfile.mkdtemp(prefix="genai-metrics-")
+            children.callback(shutil.rmtree, metrics_dir, ignore_errors=True)
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+            log.info("metrics of the %d workers in %s", workers, metrics_dir)
         raise_open_files_limit(settings.max_connections)
         uvicorn.run(
             "server.app:create_app",

@@ -298,8 +298,9 @@ class Health(ResponseBody):
 
 
 class Readiness(ResponseBody):
-    status: Literal["ok", "degraded", "unavailable"] = Field(
-        description="degraded: Redis does not answer, and the platform works on without it"
+    status: Literal["ok", "degraded", "unavailable", "draining"] = Field(
+        description="degraded: Redis does not answer, and the platform works on without it; draining: the server "
+        "is stopping (SIGTERM) and serves only until its load balancer takes it out"
     )
     checks: dict[str, str] = Field(description='each dependency (database, redis, model:<route>): "ok" or why not')
 

@@ -7,7 +7,7 @@ closed by the app's lifespan. Tests build as many as they like.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 from redis.asyncio import Redis
@@ -23,6 +23,7 @@ from memory import ConversationMemory, RedisMemory, SqlMemory
 from memory.redis_client import open_redis
 from memory.semantic_cache import SemanticCache
 from server.chat_service import ChatService
+from server.drain import Drain
 from server.feedback_forwarding import LangSmithFeedback
 from server.fine_tuning import FineTuning
 from server.gateway.auth import Authenticator
@@ -75,6 +76,8 @@ class Services:
     # Fine-tuning jobs (run by `genai worker`) and the app's tuned models, served as routes of their app.
     fine_tuning: FineTuning
     redis: Redis | None = None
+    # Set on SIGTERM: /readyz answers 503 and responses close their connections (server/drain.py).
+    drain: Drain = field(default_factory=Drain)
 
     @classmethod
     def build(cls, settings: Settings) -> Services:

@@ -73,6 +73,13 @@ class Settings(BaseSettings):
     startup_wait_seconds: float = Field(
         30.0, ge=0, description="genai serve waits this long for the database and Redis to answer at start"
     )
+    drain_seconds: float = Field(
+        0.0,
+        ge=0,
+        description="on SIGTERM, /readyz answers 503 draining and the server goes on serving for this long before it "
+        "stops accepting connections: time for a load balancer that follows readiness to take it out "
+        "(server/drain.py); behind Kubernetes, whose preStop pause does most of the waiting, a few seconds",
+    )
     shutdown_grace_seconds: float = Field(
         10.0,
         ge=0,

@@ -314,3 +314,55 @@ def test_buffered_usage_records_are_written_on_a_graceful_stop_and_lost_in_a_cra
         os.killpg(serve.pid, stop)
         serve.wait(timeout=30)
     assert len(usage_rows(data_dir)) == kept
+
+
+def test_sigterm_drains_first_not_ready_still_serving_then_stops(tmp_path, upstream, stuck):
+    """GENAI_DRAIN_SECONDS=3: after SIGTERM /readyz answers 503 draining at once, requests are still served (with
+    ``Connection: close``) and a stream that began before runs to its end; after the drain the port is closed."""
+    env = {**serve_env((tmp_path / "data").resolve(), upstream, stuck), "GENAI_DRAIN_SECONDS": "3"}
+    log_path = tmp_path / "serve.log"
+    with genai_serve(env=env, log_path=log_path) as (serve, base):
+        key = serve_app_key(base, "drain")
+        words = "one two three four five six"  # six chunks, one every half second: ends within the drain
+        stream = Reader(
+            "stream",
+            {
+                "url": "/v1/chat/completions",
+                "json": {"model": "slow", "stream": True, "messages": [{"role": "user", "content": words}]},
+            },
+        ).run(base, key)
+        assert stream.started.wait(30)
+        signalled = time.monotonic()
+        os.kill(serve.pid, signal.SIGTERM)
+        time.sleep(0.3)
+        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=30) as client:
+            ready = client.get("/readyz")
+            assert ready.status_code == 503 and ready.json() == {"status": "draining", "checks": {}}
+            assert client.get("/healthz").status_code == 200  # alive: a liveness probe must not restart it
+            body = {"model": "quick", "messages": [{"role": "user", "content": "still serving"}]}
+            served = client.post("/v1/chat/completions", json=body)
+            assert served.status_code == 200 and served.headers["connection"] == "close"
+            assert time.monotonic() - signalled < 2.5  # all of that within the drain
+        assert stream.done.wait(30)
+        exit_status = serve.wait(timeout=30)
+        stopped = time.monotonic() - signalled
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{base}/healthz", timeout=5)
+    assert stream.error is None and stream.status == 200
+    data = stream.data()
+    assert data[-1][2] == "[DONE]" and json.loads(data[-2][2])["choices"][0]["finish_reason"] == "stop"
+    assert exit_status == 0 and 3.0 <= stopped < 3.0 + GRACE + 5, stopped
+    log = log_path.read_text()
+    assert logged_at(log, "Shutting down") - logged_at(log, "draining:") >= 2.9
+
+
+def test_a_second_sigterm_skips_the_drain(tmp_path, upstream, stuck):
+    env = {**serve_env((tmp_path / "data").resolve(), upstream, stuck), "GENAI_DRAIN_SECONDS": "60"}
+    with genai_serve(env=env, log_path=tmp_path / "serve.log") as (serve, base):
+        signalled = time.monotonic()
+        os.kill(serve.pid, signal.SIGTERM)
+        time.sleep(0.5)
+        assert httpx.get(f"{base}/readyz", timeout=5).status_code == 503
+        os.kill(serve.pid, signal.SIGTERM)
+        assert serve.wait(timeout=30) == 0
+        assert time.monotonic() - signalled < 15

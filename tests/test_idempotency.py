@@ -12,7 +12,9 @@ from collections.abc import Iterator
 import httpx
 import openai
 import pytest
+from sqlalchemy import select
 
+import storage.idempotency as idempotency
 from chains.model_routes import ModelRoute
 from storage.tables import IdempotencyKey, Message, Usage
 from tests.controlled_upstream import ControlledUpstream, controlled_upstream
@@ -176,3 +178,26 @@ def test_langserve_invoke_takes_an_idempotency_key_and_batch_refuses_one(platfor
         error = assert_error(batch, 400)
         assert error["param"] == "Idempotency-Key"
     assert upstream.requests == 1
+
+
+async def test_keys_older_than_a_day_are_purged(db, monkeypatch):
+    """Clients send a new key with every request: a process deletes the expired ones every PURGE_EVERY seconds
+    (when a claim comes), or the table, a reply per row, would only grow."""
+    clock = [1_000_000]
+    monkeypatch.setattr(idempotency, "now", lambda: clock[0])
+    keys = idempotency.IdempotencyKeys(db)
+
+    async def stored() -> list[str]:
+        async with db.engine.connect() as conn:
+            return sorted((await conn.execute(select(IdempotencyKey.key))).scalars())
+
+    assert await keys.claim("app", "first", "f", "r1") is None
+    clock[0] += idempotency.KEEP_SECONDS - 60
+    assert await keys.claim("app", "second", "f", "r2") is None
+    assert await stored() == ["first", "second"]  # nothing a day old yet
+    clock[0] += 120  # "first" is now older than a day, but the last purge ran 2 minutes ago
+    assert await keys.claim("app", "third", "f", "r3") is None
+    assert await stored() == ["first", "second", "third"]
+    clock[0] += idempotency.PURGE_EVERY  # the next purge is due
+    assert await keys.claim("app", "fourth", "f", "r4") is None
+    assert await stored() == ["fourth", "second", "third"]

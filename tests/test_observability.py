@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -330,9 +331,6 @@ def test_genai_serve_with_workers_logs_json_and_aggregates_metrics(tmp_path, lla
     }
     for name in ("GENAI_MODEL_ROUTES", "PROMETHEUS_MULTIPROC_DIR"):
         env.pop(name, None)
-    stale = tmp_path / "data" / "prometheus"
-    stale.mkdir(parents=True)
-    (stale / "counter_1.db").write_bytes(b"stale")  # cleared at start
     log_path = tmp_path / "serve.log"
     with genai_serve("--workers", "2", env=env, log_path=log_path, timeout=90) as (_, base):
         for i in range(20):
@@ -343,8 +341,10 @@ def test_genai_serve_with_workers_logs_json_and_aggregates_metrics(tmp_path, lla
             text = httpx.get(f"{base}/metrics", timeout=10).text
             counts.add(value(text, "genai_http_requests_total", route="/healthz", status="200"))
         assert min(counts) >= 21  # the readiness poll's hits plus 20, whichever worker answers /metrics
-        assert len(list((tmp_path / "data" / "prometheus").glob("counter_*.db"))) >= 1
-        assert not (tmp_path / "data" / "prometheus" / "counter_1.db").exists()
+        metrics_dir = Path(re.search(r"metrics of the 2 workers in (\S+?)\"", log_path.read_text()).group(1))
+        assert len(list(metrics_dir.glob("counter_*.db"))) >= 1
+        assert not (tmp_path / "data" / "prometheus").exists()  # not in the data dir, which replicas may share
+    assert not metrics_dir.exists()  # removed at exit
     lines = [line for line in log_path.read_text().splitlines() if line.startswith("{")]
     records = [json.loads(line) for line in lines]
     access = [r for r in records if r["logger"] == "genai.access" and str(r["request_id"]).startswith("multi-")]

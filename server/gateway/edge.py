@@ -1,12 +1,13 @@
 """The app's one middleware: everything a request meets before the routes, in a single pure ASGI layer.
 
-It does four jobs that used to be four stacked middlewares, each wrapping ``send`` and ``receive`` again (a
+It does five jobs four of which used to be stacked middlewares, each wrapping ``send`` and ``receive`` again (a
 coroutine frame per message and layer):
 
 - the request id, the access-log line and the HTTP metrics (``request_context``);
 - CORS: preflights answered before authentication, CORS headers on every response (``cors``);
 - the cap on request bodies, a 413 in OpenAI's error shape (``body_limit``);
-- the ``x-ratelimit-*`` headers that admission left in ``scope["state"]`` (``rate_limits``).
+- the ``x-ratelimit-*`` headers that admission left in ``scope["state"]`` (``rate_limits``);
+- ``Connection: close`` on responses while the replica drains before a stop (``server/drain.py``).
 
 It wraps the whole stack, outside Starlette's ``ServerErrorMiddleware``, so the 500 of an unhandled error carries
 the request id and the CORS headers too. The policies live in their modules; this one only wires them to the ASGI
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from server.drain import Drain
 from server.gateway.body_limit import BodyLimits, BodyTooLarge, read_body, too_large
 from server.gateway.cors import CorsPolicy
 from server.gateway.rate_limits import HEADERS_STATE_KEY
@@ -40,18 +42,26 @@ if TYPE_CHECKING:
     from server.gateway.prometheus_metrics import Metrics
 
 Headers = list[tuple[bytes, bytes]]
+CONNECTION_CLOSE = (b"connection", b"close")
 
 
 class Edge:
     """Pure ASGI: request id, access log and metrics, CORS, body cap and rate-limit headers (module docstring)."""
 
     def __init__(
-        self, app: ASGIApp, *, cors: CorsPolicy, body_limits: BodyLimits, metrics: Metrics | None = None
+        self,
+        app: ASGIApp,
+        *,
+        cors: CorsPolicy,
+        body_limits: BodyLimits,
+        metrics: Metrics | None = None,
+        drain: Drain | None = None,
     ) -> None:
         self.app = app
         self.cors = cors
         self.body_limits = body_limits
         self.metrics = metrics
+        self.drain = drain or Drain()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # websockets, lifespan
@@ -99,6 +109,8 @@ class Edge:
                     headers = await self.cors.response_headers(headers, origin, state.get("caller"))
                 headers = [(key, value) for key, value in headers if key.lower() != REQUEST_ID_HEADER]
                 headers.append(id_header)
+                if self.drain.draining:  # the client's next request goes to another replica (server/drain.py)
+                    headers.append(CONNECTION_CLOSE)
                 message = {**message, "headers": headers}
             await send(message)
 
@@ -155,7 +167,14 @@ async def _respond(send: Send, status: int, headers: Headers, body: bytes) -> No
     await send({"type": "http.response.body", "body": body})
 
 
-def install(app: FastAPI, *, cors: CorsPolicy, body_limits: BodyLimits, metrics: Metrics | None = None) -> None:
+def install(
+    app: FastAPI,
+    *,
+    cors: CorsPolicy,
+    body_limits: BodyLimits,
+    metrics: Metrics | None = None,
+    drain: Drain | None = None,
+) -> None:
     """Wrap ``app``'s whole middleware stack in ``Edge``.
 
     Outside Starlette's ``ServerErrorMiddleware`` (``add_middleware`` would put it inside), so that a 500 carries
@@ -164,7 +183,7 @@ def install(app: FastAPI, *, cors: CorsPolicy, body_limits: BodyLimits, metrics:
     build = app.build_middleware_stack
 
     def build_with_edge() -> ASGIApp:
-        return Edge(build(), cors=cors, body_limits=body_limits, metrics=metrics)
+        return Edge(build(), cors=cors, body_limits=body_limits, metrics=metrics, drain=drain)
 
     app.state.cors = cors
     app.build_middleware_stack = build_with_edge  # type: ignore[method-assign]

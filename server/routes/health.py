@@ -1,5 +1,6 @@
 """/healthz (the process answers) and /readyz (every dependency answers; without Redis the platform works on,
-degraded: rate limits per process, memory from the database, no exact-match cache)."""
+degraded: rate limits per process, memory from the database, no exact-match cache; 503 draining once a SIGTERM
+came, while the replica serves on until its load balancer takes it out)."""
 
 from __future__ import annotations
 
@@ -33,10 +34,16 @@ async def healthz() -> Health:
     "/readyz",
     responses={
         200: {"description": "Every dependency answers (status ok), or all but Redis (status degraded)."},
-        503: {"model": Readiness, "description": "Some dependency does not answer: its check says why."},
+        503: {
+            "model": Readiness,
+            "description": "Some dependency does not answer (its check says why), or the server is draining.",
+        },
     },
 )
 async def readyz(services: ServicesDep, response: Response) -> Readiness:
+    if services.drain.draining:  # stopping: a load balancer takes this replica out (server/drain.py)
+        response.status_code = 503
+        return Readiness(status="draining", checks={})
     checks = await services.readiness()
     failing = {name for name, state in checks.items() if state != "ok"}
     if failing - set(DEGRADABLE) - _covered_deployments(checks):
