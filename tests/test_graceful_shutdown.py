@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import os
 import signal
+import socket
 import sqlite3
 import threading
 import time
@@ -366,3 +367,29 @@ def test_a_second_sigterm_skips_the_drain(tmp_path, upstream, stuck):
         os.kill(serve.pid, signal.SIGTERM)
         assert serve.wait(timeout=30) == 0
         assert time.monotonic() - signalled < 15
+
+
+async def test_a_listener_that_refuses_handshakes_still_hands_out_what_was_queued():
+    """The end of a drain (server/drain.py): a connection queued before is accepted; a new one gets no handshake
+    (its SYN is dropped: the client's kernel would retry and then find the port closed), not a reset after its
+    request was sent."""
+    from types import SimpleNamespace
+
+    from server.drain import refuse_handshakes
+
+    accepted = asyncio.Event()
+
+    async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.set()
+        writer.close()
+
+    listener = await asyncio.start_server(on_connection, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    queued = socket.create_connection(("127.0.0.1", port), timeout=2)  # in the queue, not yet accepted
+    assert refuse_handshakes(SimpleNamespace(servers=[listener])) == 1
+    await asyncio.wait_for(accepted.wait(), 5)
+    with pytest.raises(TimeoutError):
+        await asyncio.to_thread(socket.create_connection, ("127.0.0.1", port), 0.5)
+    queued.close()
+    listener.close()
+    await listener.wait_closed()

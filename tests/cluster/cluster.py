@@ -3,12 +3,12 @@
 ``genai worker`` for fine-tuning jobs and one data directory shared by all (uploaded files). The cluster tests
 (``tests/cluster/``) and the chaos benchmark (``bench/cluster_chaos.py``) run it.
 
-nginx's open-source edition checks its upstreams only passively (a refused connection is retried on the next replica
-and marks the one that refused down for ``fail_timeout``). What Kubernetes' endpoints or a consul-template do for it
-in production, ``ReadinessWatcher`` does here: it asks every replica's ``/readyz`` four times a second and, when the
-set of ready replicas changes, rewrites nginx's upstream file and reloads nginx (a graceful reload: requests in
-flight finish on the old nginx workers). A replica that gets SIGTERM answers ``/readyz`` 503 at once and serves on
-for ``GENAI_DRAIN_SECONDS`` (``server/drain.py``), so it leaves the balancer before it stops accepting connections.
+nginx's open-source edition checks its upstreams passively, as deploy/nginx.conf sets it up: a connection refused
+(or not answered within ``proxy_connect_timeout``) is passed to the next replica, nothing having been sent, and the
+replica that refused gets no request for ``fail_timeout`` seconds. It does not follow ``/readyz``; it need not for a
+rolling restart: a replica that gets SIGTERM serves on for ``GENAI_DRAIN_SECONDS``, then stops completing new TCP
+handshakes, accepts what is queued, and only then closes its port (``server/drain.py``), so no request that nginx
+sent it is cut off; the requests in flight finish within the shutdown grace period.
 
 Every process runs in its own session and logs into the cluster's work directory; ``Cluster.stop`` stops them all.
 """
@@ -24,10 +24,9 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -41,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ADMIN_KEY = "sk-admin-cluster-0123456789abcdef0123456789"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
-WATCH_SECONDS = 0.25  # how often the readiness watcher asks each replica
+FAIL_TIMEOUT = 5  # seconds nginx sends nothing to a replica that refused a connection (deploy/nginx.conf's)
 
 
 def free_port() -> int:
@@ -99,44 +98,6 @@ class Replica:
         return self.process is not None and self.process.poll() is None
 
 
-@dataclass
-class ReadinessWatcher:
-    """Keeps nginx's upstream list equal to the replicas whose ``/readyz`` answers 200 (module docstring)."""
-
-    cluster: Cluster
-    changes: list[tuple[float, frozenset[str]]] = field(default_factory=list)  # (monotonic time, ready addresses)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="readiness-watcher", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        current = frozenset(r.address for r in self.cluster.replicas)
-        with httpx.Client(timeout=1.0) as client:
-            while not self._stop.wait(WATCH_SECONDS):
-                ready = frozenset(r.address for r in self.cluster.replicas if _ready(client, r))
-                if ready != current:
-                    self.cluster.nginx_upstreams(ready)
-                    self.changes.append((time.monotonic(), ready))
-                    current = ready
-
-
-def _ready(client: httpx.Client, replica: Replica) -> bool:
-    if not replica.running:
-        return False
-    try:
-        return client.get(f"{replica.url}/readyz").status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 NGINX_CONF = """\
 # The cluster's nginx (tests/cluster/cluster.py): deploy/nginx.conf's choices, with paths in the work directory.
 worker_processes 1;
@@ -169,7 +130,7 @@ http {{
             # A refused or failed connection goes to the next replica; a request that reached one is never sent
             # to another (a chat turn could be stored twice).
             proxy_next_upstream error timeout;
-            proxy_connect_timeout 2s;
+            proxy_connect_timeout 3s;
             proxy_buffering off;
             proxy_read_timeout 300s;
             add_header X-Upstream $upstream_addr always;
@@ -206,7 +167,6 @@ class Cluster:
         self.worker: subprocess.Popen | None = None
         self.redis: subprocess.Popen | None = None
         self.nginx: subprocess.Popen | None = None
-        self.watcher = ReadinessWatcher(self)
         self._stack = contextlib.ExitStack()
         self._logs: list = []
 
@@ -243,10 +203,8 @@ class Cluster:
         if self.with_worker:
             self.start_worker()
         self.start_nginx()
-        self.watcher.start()
 
     def stop(self) -> None:
-        self.watcher.stop()
         for replica in self.replicas:
             if replica.process is not None:
                 stop_process(replica.process, timeout=30)
@@ -272,7 +230,7 @@ class Cluster:
             "GENAI_MODEL_ROUTES": json.dumps([r.model_dump(mode="json", exclude_none=True) for r in self.routes]),
             "GENAI_WORKERS": "1",
             "GENAI_START_WORKER": "false",
-            "GENAI_DRAIN_SECONDS": "1.5",
+            "GENAI_DRAIN_SECONDS": "1",
             "GENAI_SHUTDOWN_GRACE_SECONDS": "10",
             "GENAI_STARTUP_WAIT_SECONDS": "60",
             **self.settings,
@@ -328,14 +286,12 @@ class Cluster:
         assert replica.process is not None
         return replica.process.wait(timeout=timeout)
 
-    def wait_in_balancer(self, replica: Replica, present: bool, timeout: float = 30.0) -> None:
-        """Until nginx's upstream list holds ``replica`` (or no longer does)."""
-
-        def done() -> bool:
-            listed = replica.address in (self.workdir / "upstreams.conf").read_text()
-            return listed == present
-
-        wait_until(done, timeout, f"{replica.name} {'in' if present else 'out of'} the balancer")
+    def readiness(self, replica: Replica) -> int | None:
+        """The status of ``replica``'s ``/readyz``; None when it does not answer."""
+        try:
+            return httpx.get(f"{replica.url}/readyz", timeout=5).status_code
+        except httpx.HTTPError:
+            return None
 
     # ------------------------------------------------------------------ worker, Redis, nginx
 
@@ -365,20 +321,11 @@ class Cluster:
         self.stop_redis()
         self.start_redis()
 
-    def nginx_upstreams(self, addresses: frozenset[str] | set[str]) -> None:
-        """Rewrite nginx's upstream list and reload it. With no replica ready, every replica stays listed (nginx needs
-        one; its passive checks then do what they can)."""
-        listed = sorted(addresses) or sorted(r.address for r in self.replicas)
-        lines = "".join(f"server {address} max_fails=1 fail_timeout=5s;\n" for address in listed)
-        path = self.workdir / "upstreams.conf"
-        path.write_text(lines)
-        if self.nginx is not None and self.nginx.poll() is None:
-            os.kill(self.nginx.pid, signal.SIGHUP)  # graceful: old workers finish their requests
-
     def start_nginx(self) -> None:
         for temp in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
             (self.workdir / "nginx-tmp" / temp).mkdir(parents=True, exist_ok=True)
-        self.nginx_upstreams({r.address for r in self.replicas})
+        servers = "".join(f"server {r.address} max_fails=1 fail_timeout={FAIL_TIMEOUT}s;\n" for r in self.replicas)
+        (self.workdir / "upstreams.conf").write_text(servers)
         conf = self.workdir / "nginx.conf"
         conf.write_text(NGINX_CONF.format(work=self.workdir, port=self.nginx_port))
         user = "" if os.geteuid() != 0 else "user root;\n"  # as root, workers would run as nobody: no access here
