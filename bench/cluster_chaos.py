@@ -16,7 +16,7 @@ once, a streamed one a chunk every 50 ms (about half a second).
 16 clients (``--concurrency``) run conversations of 4 turns (a first turn with ``conversation_id: "new"``, then
 follow-ups with the returned id), every other turn streamed, every turn with a unique text and its own
 ``Idempotency-Key``; like well-behaved clients they retry a turn with the same key on a connection error, a cut
-stream, 409, 429, 5xx (honouring a short ``Retry-After``), at most 6 attempts.
+stream, 409, 429, 5xx (honouring a short ``Retry-After``), at most 8 attempts over about 16 s.
 
 Timeline: 8 s of steady load; SIGKILL one replica; 8 s later it is started again; once it is ready and 6 s passed
 (nginx tries it again), a rolling restart (each replica in turn: SIGTERM, drained, stopped, started, ready, 6 s);
@@ -54,7 +54,7 @@ from tests.cluster.cluster import FAIL_TIMEOUT, Cluster, nginx_available  # noqa
 from tests.scripted_upstream import fault_route, scripted_route, serve_scripted_upstream  # noqa: E402
 
 RETRYABLE = {"conn error", "timeout", "cut stream", "409", "429", "500", "502", "503", "504"}
-MAX_ATTEMPTS = 6
+MAX_ATTEMPTS = 8  # over about 16 s: a turn held by a replica that died is taken over after 10 s (storage/processes.py)
 MAX_RETRY_AFTER = 3.0
 
 
@@ -120,7 +120,7 @@ class Load:
         }
         for attempt in range(MAX_ATTEMPTS):
             sent = self.now()
-            wait = min(0.25 * 2**attempt, 2.0) * random.uniform(0.5, 1.0)
+            wait = min(0.25 * 2**attempt, 4.0) * random.uniform(0.5, 1.0)
             status, response = await self.attempt(http, body, turn.key)
             replayed = response is not None and response.headers.get("idempotent-replayed") == "true"
             turn.attempts.append(Attempt(sent, status, turn.streamed, replayed))

@@ -41,6 +41,7 @@ from storage.fine_tuning import FineTuningStore
 from storage.idempotency import IdempotencyKeys
 from storage.images import ImageStore, SignedUrls
 from storage.object_store import DiskObjectStore, ObjectStore, S3ObjectStore, parse_s3_url
+from storage.processes import ProcessRegistry
 from storage.vector_stores import VectorStores
 
 
@@ -75,6 +76,8 @@ class Services:
     image_urls: SignedUrls
     # Fine-tuning jobs (run by `genai worker`) and the app's tuned models, served as routes of their app.
     fine_tuning: FineTuning
+    # This serving process's heartbeat row: a retry takes over the idempotency claims of a process that died.
+    processes: ProcessRegistry | None = None
     redis: Redis | None = None
     # Set on SIGTERM: /readyz answers 503 and responses close their connections (server/drain.py).
     drain: Drain = field(default_factory=Drain)
@@ -189,6 +192,7 @@ class Services:
             image_store=image_store,
             image_urls=image_urls,
             fine_tuning=fine_tuning,
+            processes=ProcessRegistry(db),
             redis=redis,
         )
 
@@ -214,6 +218,8 @@ class Services:
 
     async def close(self) -> None:
         await self.chat.drain()
+        if self.processes is not None:
+            await self.processes.stop()
         await self.images.aclose()
         await self.image_store.objects.aclose()
         await self.knowledge_base.close()

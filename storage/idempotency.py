@@ -4,8 +4,9 @@ second turn.
 A request with a key claims it (a row without a reply) before it runs. The turn's own transaction stores the
 reply in that row (``ConversationStore.record_turn``), so the reply exists exactly when the turn does; a request
 that fails releases its claim. A retry then finds the reply (replayed to it), a claim (409: the first request
-still runs), or nothing (it runs, as the first did not leave a turn). Keys belong to their app; the same key with
-a different request is refused.
+still runs; unless the process running it died, ``storage.processes``: then the retry takes the key over), or
+nothing (it runs, as the first did not leave a turn). Keys belong to their app; the same key with a different
+request is refused.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ from sqlalchemy.exc import IntegrityError
 
 from errors import Conflict, InvalidRequest
 from storage.engine import Database
+from storage.processes import PROCESS_ID, is_alive
 from storage.tables import IdempotencyKey, now
 
 # How long a key's reply is kept for retries.
 KEEP_SECONDS = 24 * 3600
-# A claim this old belongs to a process that died while it ran: the next request with its key takes it over.
+# A claim this old belongs to a process that died while it ran: the next request with its key takes it over. Sooner
+# when the claim's process stopped renewing its heartbeat (storage.processes).
 CLAIM_SECONDS = 15 * 60
 MAX_KEY_LENGTH = 255
 # How often (seconds) a process deletes the keys older than KEEP_SECONDS: clients send a new key with each request,
@@ -62,15 +65,23 @@ class IdempotencyKeys:
             async with self.db.engine.begin() as conn:
                 row = (
                     await conn.execute(
-                        select(IdempotencyKey.fingerprint, IdempotencyKey.reply, IdempotencyKey.created_at).where(
-                            *where
-                        )
+                        select(
+                            IdempotencyKey.fingerprint,
+                            IdempotencyKey.reply,
+                            IdempotencyKey.created_at,
+                            IdempotencyKey.owner,
+                        ).where(*where)
                     )
                 ).first()
                 if row is None:
                     await conn.execute(
                         insert(IdempotencyKey).values(
-                            app_id=app_id, key=key, fingerprint=fingerprint, response_id=response_id, created_at=stamp
+                            app_id=app_id,
+                            key=key,
+                            fingerprint=fingerprint,
+                            response_id=response_id,
+                            created_at=stamp,
+                            owner=PROCESS_ID,
                         )
                     )
                     return None
@@ -83,13 +94,15 @@ class IdempotencyKeys:
                     )
                 if not expired and row.reply is not None:
                     return row.reply
-                if not expired and row.created_at >= stamp - CLAIM_SECONDS:
+                if not expired and row.created_at >= stamp - CLAIM_SECONDS and await is_alive(conn, row.owner):
                     raise _in_use(header)
                 # Expired, or left behind by a process that died: this request takes the key over.
                 await conn.execute(
                     update(IdempotencyKey)
                     .where(*where, IdempotencyKey.created_at == row.created_at)
-                    .values(fingerprint=fingerprint, response_id=response_id, reply=null(), created_at=stamp)
+                    .values(
+                        fingerprint=fingerprint, response_id=response_id, reply=null(), created_at=stamp, owner=PROCESS_ID
+                    )
                 )
                 return None
         except IntegrityError:  # another request with the key claimed it a moment ago

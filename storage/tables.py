@@ -175,6 +175,21 @@ class IdempotencyKey(Base):
     # None while the request runs; the reply (storage.idempotency) once its turn is stored.
     reply: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[int] = mapped_column(Integer, default=now, index=True)
+    # The server process running the request while it holds the claim (storage.processes: a dead one's claim is
+    # taken over by the next retry); None in rows made before migration 0011.
+    owner: Mapped[str | None] = mapped_column(String(32))
+
+
+class ServerProcess(Base):
+    """A server process alive on this database, by its heartbeat (storage.processes)."""
+
+    __tablename__ = "server_processes"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[float] = mapped_column(Float)
+    heartbeat_at: Mapped[float] = mapped_column(Float)
 
 
 class StoredCompletion(Base):

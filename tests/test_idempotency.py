@@ -4,6 +4,7 @@ key with another request, or while the first still runs, is refused."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -15,8 +16,10 @@ import pytest
 from sqlalchemy import select
 
 import storage.idempotency as idempotency
+import storage.processes as processes
 from chains.model_routes import ModelRoute
-from storage.tables import IdempotencyKey, Message, Usage
+from errors import Conflict
+from storage.tables import IdempotencyKey, Message, ServerProcess, Usage
 from tests.controlled_upstream import ControlledUpstream, controlled_upstream
 from tests.test_errors import assert_error
 
@@ -201,3 +204,64 @@ async def test_keys_older_than_a_day_are_purged(db, monkeypatch):
     clock[0] += idempotency.PURGE_EVERY  # the next purge is due
     assert await keys.claim("app", "fourth", "f", "r4") is None
     assert await stored() == ["fourth", "second", "third"]
+
+
+async def _claim_row(db, owner: str | None, key: str = "k") -> None:
+    async with db.engine.begin() as conn:
+        await conn.execute(
+            IdempotencyKey.__table__.insert().values(
+                app_id="app", key=key, fingerprint="f", response_id="r1", created_at=idempotency.now(), owner=owner
+            )
+        )
+
+
+async def _beat(db, process_id: str, seconds_ago: float) -> None:
+    stamp = time.time() - seconds_ago
+    async with db.engine.begin() as conn:
+        await conn.execute(
+            ServerProcess.__table__.insert().values(
+                id=process_id, host="elsewhere", pid=1, started_at=stamp, heartbeat_at=stamp
+            )
+        )
+
+
+async def test_the_claim_of_a_process_that_died_is_taken_over_at_once(db):
+    """A replica SIGKILLed mid-request leaves its claim: a retry elsewhere takes it over once that process's
+    heartbeat is older than STALE_SECONDS, not after CLAIM_SECONDS (15 minutes) of 409s."""
+    keys = idempotency.IdempotencyKeys(db)
+    await _beat(db, "dead", seconds_ago=processes.STALE_SECONDS + 5)
+    await _claim_row(db, owner="dead")
+    assert await keys.claim("app", "k", "f", "r2") is None  # taken over
+    async with db.engine.connect() as conn:
+        row = (await conn.execute(select(IdempotencyKey.owner, IdempotencyKey.response_id))).one()
+    assert tuple(row) == (processes.PROCESS_ID, "r2")
+
+    await _claim_row(db, owner="vanished", key="k2")  # its heartbeat row is gone too
+    assert await keys.claim("app", "k2", "f", "r3") is None
+
+
+@pytest.mark.parametrize("owner", ["alive", None])
+async def test_the_claim_of_a_live_process_or_of_no_known_process_is_still_a_409(db, owner):
+    keys = idempotency.IdempotencyKeys(db)
+    await _beat(db, "alive", seconds_ago=1)
+    await _claim_row(db, owner=owner)
+    with pytest.raises(Conflict):
+        await keys.claim("app", "k", "f", "r2")
+
+
+async def test_a_serving_process_renews_its_heartbeat_and_removes_it_when_it_stops(db, monkeypatch):
+    monkeypatch.setattr(processes, "HEARTBEAT_SECONDS", 0.05)
+    registry = processes.ProcessRegistry(db)
+
+    async def beats() -> list[float]:
+        async with db.engine.connect() as conn:
+            query = select(ServerProcess.heartbeat_at).where(ServerProcess.id == processes.PROCESS_ID)
+            return list((await conn.execute(query)).scalars())
+
+    await registry.start()
+    first = await beats()
+    await asyncio.sleep(0.3)
+    renewed = await beats()
+    assert len(first) == len(renewed) == 1 and renewed[0] > first[0]
+    await registry.stop()
+    assert await beats() == []

@@ -29,7 +29,7 @@ from tests.postgres import fresh_postgres_database
 TABLES = {
     "alembic_version", "apps", "api_keys", "conversations", "messages", "usage", "files", "vector_stores",
     "vector_store_files", "feedback", "stored_completions", "idempotency_keys", "images",
-    "fine_tuning_jobs", "fine_tuning_events", "fine_tuning_checkpoints", "tuned_models",
+    "fine_tuning_jobs", "fine_tuning_events", "fine_tuning_checkpoints", "tuned_models", "server_processes",
 }  # fmt: skip
 
 
