@@ -84,7 +84,12 @@ class Services:
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
-        db = Database(settings.resolved_database_url, usage_flush_seconds=settings.usage_flush_seconds)
+        db = Database(
+            settings.resolved_database_url,
+            usage_flush_seconds=settings.usage_flush_seconds,
+            pool_size=settings.database_pool_size,
+            max_overflow=settings.database_max_overflow,
+        )
         store = ConversationStore(db)
         redis = open_redis(settings.redis_url) if settings.redis_url else None
         metrics = Metrics()

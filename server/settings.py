@@ -39,6 +39,14 @@ class Settings(BaseSettings):
     log_level: str = "info"
 
     database_url: str | None = Field(None, description="SQLAlchemy async URL; SQLite in data_dir when unset")
+    database_pool_size: int = Field(
+        10,
+        ge=1,
+        description="PostgreSQL connections a worker process keeps open for transactions (and half as many for reads)",
+    )
+    database_max_overflow: int = Field(
+        20, ge=0, description="connections each of a worker's two PostgreSQL pools may open beyond that under a burst"
+    )
     usage_flush_seconds: float = Field(
         0.2,
         gt=0,

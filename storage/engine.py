@@ -30,7 +30,9 @@ WRITER_IDLE_SECONDS = 1.0
 
 
 class Database:
-    def __init__(self, url: str, *, usage_flush_seconds: float = 0.2) -> None:
+    def __init__(
+        self, url: str, *, usage_flush_seconds: float = 0.2, pool_size: int = 10, max_overflow: int = 20
+    ) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         self._read_engine: AsyncEngine | None = None
@@ -41,13 +43,19 @@ class Database:
         else:
             # A connection attempt that hangs gives up after 5 s (asyncpg's default is 60): the client gets a 503.
             connect_args = {"timeout": 5} if url.startswith("postgresql+asyncpg") else {}
+            # PostgreSQL's connections: pool_size kept open for transactions (the writer's among them), half as many for
+            # reads, each engine up to max_overflow more under a burst (GENAI_DATABASE_POOL_SIZE, ..._MAX_OVERFLOW).
             self.engine = create_async_engine(
-                url, pool_pre_ping=True, pool_size=10, max_overflow=20, connect_args=connect_args
+                url, pool_pre_ping=True, pool_size=pool_size, max_overflow=max_overflow, connect_args=connect_args
             )
             # The request path's reads (``read``): no ping before each (a round trip); a read that meets a connection
             # the database dropped is tried once more on a fresh one, which a read may safely be.
             self._read_engine = create_async_engine(
-                url, pool_size=5, max_overflow=20, connect_args=connect_args, isolation_level="AUTOCOMMIT"
+                url,
+                pool_size=max(pool_size // 2, 1),
+                max_overflow=max_overflow,
+                connect_args=connect_args,
+                isolation_level="AUTOCOMMIT",
             )
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._writer_connection: AsyncConnection | None = None

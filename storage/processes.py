@@ -17,6 +17,7 @@ import time
 import uuid
 
 from sqlalchemy import Connection, delete, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.engine import Database
@@ -41,7 +42,8 @@ class ProcessRegistry:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        await self.db.writer.commit(self._register)
+        with contextlib.suppress(IntegrityError):  # another app of this process registered it that moment
+            await self.db.writer.commit(self._register)
         self._task = asyncio.get_running_loop().create_task(self._beat(), name="process-heartbeat")
 
     async def stop(self) -> None:
@@ -70,19 +72,24 @@ class ProcessRegistry:
     def _register(conn: Connection) -> None:
         stamp = time.time()
         conn.execute(delete(ServerProcess).where(ServerProcess.heartbeat_at < stamp - FORGET_SECONDS))
-        conn.execute(
-            ServerProcess.__table__.insert().values(
-                id=PROCESS_ID, host=socket.gethostname()[:255], pid=os.getpid(), started_at=stamp, heartbeat_at=stamp
-            )
-        )
+        ProcessRegistry._renew(conn)
 
     @staticmethod
     def _renew(conn: Connection) -> None:
-        updated = conn.execute(
-            update(ServerProcess).where(ServerProcess.id == PROCESS_ID).values(heartbeat_at=time.time())
-        )
-        if updated.rowcount == 0:  # deleted meanwhile (a restored backup, a cleanup by hand): written again
-            ProcessRegistry._register(conn)
+        """The heartbeat; the row written anew when it is missing (the first beat, a restored backup, or another app
+        of this process that stopped: tests run several on one database)."""
+        stamp = time.time()
+        updated = conn.execute(update(ServerProcess).where(ServerProcess.id == PROCESS_ID).values(heartbeat_at=stamp))
+        if updated.rowcount == 0:
+            conn.execute(
+                ServerProcess.__table__.insert().values(
+                    id=PROCESS_ID,
+                    host=socket.gethostname()[:255],
+                    pid=os.getpid(),
+                    started_at=stamp,
+                    heartbeat_at=stamp,
+                )
+            )
 
     @staticmethod
     def _unregister(conn: Connection) -> None:

@@ -115,6 +115,8 @@ http {{
         '"upstream_status":"$upstream_status","uri":"$request_uri","request_id":"$http_x_request_id"}}';
     upstream genai {{
         include {work}/upstreams.conf;
+        keepalive 32;
+        keepalive_timeout 4s;
     }}
     server {{
         listen 127.0.0.1:{port};
@@ -230,7 +232,7 @@ class Cluster:
             "GENAI_MODEL_ROUTES": json.dumps([r.model_dump(mode="json", exclude_none=True) for r in self.routes]),
             "GENAI_WORKERS": "1",
             "GENAI_START_WORKER": "false",
-            "GENAI_DRAIN_SECONDS": "1",
+            "GENAI_DRAIN_SECONDS": "5",  # deploy/compose.yaml's: longer than nginx's upstream keepalive_timeout
             "GENAI_SHUTDOWN_GRACE_SECONDS": "10",
             "GENAI_STARTUP_WAIT_SECONDS": "60",
             **self.settings,
