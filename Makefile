@@ -42,6 +42,7 @@ bench: $(STAMP) services
 	$(BIN)/python bench/graph_overhead.py
 	$(BIN)/python bench/long_conversation.py
 	$(BIN)/python bench/cluster_memory.py
+	$(BIN)/python bench/cluster_chaos.py
 
 clean:
 	rm -rf $(VENV) .cache
