@@ -20,6 +20,7 @@ from graphs.chat import ChatContext, build_chat_graph
 from graphs.chat.safety import PiiFilters, moderation_filters
 from graphs.image import ImageContext, build_image_graph
 from memory import ConversationMemory, RedisMemory, SqlMemory
+from memory.chroma import HEARTBEAT_PATH as CHROMA_HEARTBEAT_PATH
 from memory.redis_client import open_redis
 from memory.semantic_cache import SemanticCache
 from server.chat_service import ChatService
@@ -254,6 +255,8 @@ class Services:
                     checks[f"model:{image.name}"] = _probe_model(
                         client, image.route.base_url, image.route.resolve_api_key()
                     )
+            if self.settings.chroma_url:  # a Chroma server (the embedded store is this process's own)
+                checks["chroma"] = _probe_chroma(client, self.settings.chroma_url)
             if self.settings.image_store_url:  # the bucket (a directory in the data dir needs no check)
                 checks["image_store"] = self.image_store.objects.check()
             results = await asyncio.gather(*checks.values(), return_exceptions=True)
@@ -281,6 +284,10 @@ def image_objects(settings: Settings) -> ObjectStore:
         read_timeout=settings.s3_read_timeout_seconds,
         max_attempts=settings.s3_max_attempts,
     )
+
+
+async def _probe_chroma(client: httpx.AsyncClient, url: str) -> None:
+    (await client.get(f"{url.rstrip('/')}{CHROMA_HEARTBEAT_PATH}")).raise_for_status()
 
 
 async def _probe_model(client: httpx.AsyncClient, base_url: str, api_key: str) -> None:

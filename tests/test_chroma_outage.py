@@ -1,6 +1,7 @@
 """The Chroma server stops under a live server and starts again (`chroma run` on its own port and data): a request
 grounded in vector stores gets a 503 that names them, never an answer made without its context; the semantic cache
-is skipped, the question answered by the model; both work again once Chroma is back, without a restart."""
+is skipped, the question answered by the model; /readyz is degraded (200) meanwhile; both work again once Chroma is
+back, without a restart."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import openai
 import pytest
 
 from memory.chroma import LocalChromaServer
+from server.routes.health import DEGRADABLE
 from tests.scripted_upstream import ScriptedUpstream, scripted_route, serve_scripted_upstream
 from tests.test_knowledge_chat import QUESTION, make_store
 
@@ -45,9 +47,18 @@ def test_a_chroma_outage_is_a_503_naming_the_stores_and_recovers(live_server, sc
         )
         assert plain.headers["x-cache"] == "miss"
         assert plain.parse().choices[0].message.content == "Scripted reply to: Hello there"
+        with server.http() as http:  # still ready (a balancer keeps it), degraded, and /readyz says why
+            ready = http.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["status"] == "degraded"
+        assert ready.json()["checks"]["chroma"].endswith("(degraded: " + DEGRADABLE["chroma"] + ")")
 
         chroma.start()
         again = client.chat.completions.create(**grounded, extra_body=store)
         assert again.model_extra["citations"][0]["filename"] == "reactor.txt"
+        with server.http() as http:
+            assert http.get("/readyz").json() == {
+                "status": "ok",
+                "checks": {"database": "ok", "model:scripted": "ok", "chroma": "ok"},
+            }
     finally:
         chroma.stop()

@@ -12,7 +12,10 @@ from server.schemas import Health, Readiness
 router = APIRouter(tags=["health"])
 
 # What the platform does without a dependency it can work on without.
-DEGRADABLE = {"redis": "rate limits per process, memory from the database, no exact-match cache"}
+DEGRADABLE = {
+    "redis": "rate limits per process, memory from the database, no exact-match cache",
+    "chroma": "requests grounded in vector stores get 503, the semantic cache is skipped",
+}
 
 
 def _covered_deployments(checks: dict[str, str]) -> set[str]:
