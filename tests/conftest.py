@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -299,6 +300,13 @@ def genai_serve(
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
+
+
+def serve_metrics_dir(log_path: Path) -> Path:
+    """The multiprocess metrics directory of a ``genai serve --workers N`` (a temporary one: its log names it)."""
+    found = re.search(r"metrics of the \d+ workers in (\S+?)\"", log_path.read_text())
+    assert found, "genai serve logged no metrics directory"
+    return Path(found.group(1))
 
 
 def serve_app_key(base: str, app: str) -> str:

@@ -9,7 +9,6 @@ import re
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -21,7 +20,7 @@ from chains.local_model_process import free_port
 from chains.model_routes import ModelRoute
 from server.app import create_app
 from server.json_logs import JsonFormatter, RedactSecrets, redact
-from tests.conftest import ADMIN_KEY, MODEL_PATH, ROOT, genai_serve
+from tests.conftest import ADMIN_KEY, MODEL_PATH, ROOT, genai_serve, serve_metrics_dir
 
 GENERATED_ID = re.compile(r"req_[0-9a-f]{32}")
 FULL_KEY = "sk-" + "0123456789abcdef" * 4  # 64 hex characters
@@ -341,7 +340,7 @@ def test_genai_serve_with_workers_logs_json_and_aggregates_metrics(tmp_path, lla
             text = httpx.get(f"{base}/metrics", timeout=10).text
             counts.add(value(text, "genai_http_requests_total", route="/healthz", status="200"))
         assert min(counts) >= 21  # the readiness poll's hits plus 20, whichever worker answers /metrics
-        metrics_dir = Path(re.search(r"metrics of the 2 workers in (\S+?)\"", log_path.read_text()).group(1))
+        metrics_dir = serve_metrics_dir(log_path)
         assert len(list(metrics_dir.glob("counter_*.db"))) >= 1
         assert not (tmp_path / "data" / "prometheus").exists()  # not in the data dir, which replicas may share
     assert not metrics_dir.exists()  # removed at exit

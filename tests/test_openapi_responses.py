@@ -91,7 +91,7 @@ def test_readyz_documents_503_with_the_same_body(spec):
     ok = responses["200"]["content"]["application/json"]["schema"]
     unavailable = responses["503"]["content"]["application/json"]["schema"]
     assert ok == unavailable == {"$ref": "#/components/schemas/Readiness"}
-    assert _resolve(spec, ok)["properties"]["status"]["enum"] == ["ok", "degraded", "unavailable"]
+    assert _resolve(spec, ok)["properties"]["status"]["enum"] == ["ok", "degraded", "unavailable", "draining"]
 
 
 def test_fields_always_sent_are_required(spec):

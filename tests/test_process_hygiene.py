@@ -21,7 +21,7 @@ import pytest
 from chains.local_model_process import free_port
 from chains.model_routes import ModelRoute
 from memory.chroma import ChromaServerError, LocalChromaServer
-from tests.conftest import ADMIN_KEY, MODEL_PATH, ROOT, genai_serve, serve_app_key
+from tests.conftest import ADMIN_KEY, MODEL_PATH, ROOT, genai_serve, serve_app_key, serve_metrics_dir
 from tests.test_ratelimit import _served_by_pid
 
 pytestmark = pytest.mark.slow
@@ -179,7 +179,7 @@ def test_two_workers_share_one_local_chroma_server(tmp_path, mock_upstream):
                     assert "Ottilie Marsh" in hits[0]["content"][0]["text"]
                 sent += 8
                 # A worker counts a request after its response went out: the last ones may not be counted yet.
-                served = _served_by_pid(data_dir / "prometheus", route)
+                served = _served_by_pid(serve_metrics_dir(log_path), route)
                 if sent >= 16 and len(served) == 2:
                     break
         assert len(served) == 2 and sum(served.values()) <= sent, f"both workers must have searched: {served}"

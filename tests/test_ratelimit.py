@@ -19,7 +19,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import ADMIN_KEY, MODEL_PATH, ROOT, clear_of_window_edge, genai_serve
+from tests.conftest import ADMIN_KEY, MODEL_PATH, ROOT, clear_of_window_edge, genai_serve, serve_metrics_dir
 
 USER = {"role": "user", "content": "What is the capital of France?"}
 RESET = re.compile(r"^(?:(\d+)ms|(\d+)s|(\d+)m(\d+)s)$")
@@ -277,6 +277,6 @@ def test_two_workers_share_one_budget_in_redis(tmp_path, redis_url, llama):
         assert min(remaining) == 0 and max(remaining) < limit  # each admitted request saw the shared count
 
         # Both workers served some of them (each worker writes its metrics to its own files).
-        served = _served_by_pid(data_dir / "prometheus", "/v1/models")
+        served = _served_by_pid(serve_metrics_dir(log_path), "/v1/models")
         assert sum(served.values()) == 2 * limit, served
         assert len(served) == 2, f"one worker served everything: {served}"
