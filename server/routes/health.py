@@ -36,7 +36,7 @@ async def healthz() -> Health:
 @router.get(
     "/readyz",
     responses={
-        200: {"description": "Every dependency answers (status ok), or all but Redis (status degraded)."},
+        200: {"description": "Every dependency answers (status ok), or all but Redis or Chroma (status degraded)."},
         503: {
             "model": Readiness,
             "description": "Some dependency does not answer (its check says why), or the server is draining.",
