@@ -51,8 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if (parent := multiprocessing.parent_process()) is not None:  # a worker of `genai serve --workers N`
             watch_parent(parent.pid, terminate_self)  # never outlive the supervisor, even a SIGKILLed one
         await services.open()
-        if services.processes is not None:  # a heartbeat while this process serves (storage/processes.py)
-            await services.processes.start()
+        await services.processes.start()  # a heartbeat while this process serves (storage/processes.py)
         await services.warm_up()
         # What start-up loaded (modules, routes, models, compiled graphs) lives as long as the process: moved out of
         # the garbage collector's generations, so that collections under load walk only what requests allocate.

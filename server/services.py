@@ -78,7 +78,7 @@ class Services:
     # Fine-tuning jobs (run by `genai worker`) and the app's tuned models, served as routes of their app.
     fine_tuning: FineTuning
     # This serving process's heartbeat row: a retry takes over the idempotency claims of a process that died.
-    processes: ProcessRegistry | None = None
+    processes: ProcessRegistry
     redis: Redis | None = None
     # Set on SIGTERM: /readyz answers 503 and responses close their connections (server/drain.py).
     drain: Drain = field(default_factory=Drain)
@@ -224,8 +224,7 @@ class Services:
 
     async def close(self) -> None:
         await self.chat.drain()
-        if self.processes is not None:
-            await self.processes.stop()
+        await self.processes.stop()
         await self.images.aclose()
         await self.image_store.objects.aclose()
         await self.knowledge_base.close()

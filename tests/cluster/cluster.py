@@ -31,7 +31,7 @@ from pathlib import Path
 
 import httpx
 
-from chains.local_model_process import stop_process
+from chains.local_model_process import free_port, stop_process
 from chains.model_routes import ModelRoute
 from memory.chroma import LocalChromaServer
 from tests.postgres import fresh_postgres_database
@@ -41,12 +41,6 @@ ADMIN_KEY = "sk-admin-cluster-0123456789abcdef0123456789"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 FAIL_TIMEOUT = 5  # seconds nginx sends nothing to a replica that refused a connection (deploy/nginx.conf's)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def nginx_available() -> bool:
