@@ -46,8 +46,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import redis
-from harness import Children, add_common_args, child_env, free_port, percentile, platform_env, run, start_platform
+from harness import (
+    Children,
+    add_common_args,
+    free_port,
+    percentile,
+    platform_env,
+    run,
+    start_platform,
+    start_redis,
+)
 
 from tests.controlled_upstream import ControlledUpstream, controlled_upstream
 
@@ -148,19 +156,8 @@ class RedisChild:
     def start(self) -> float:
         """Start it; seconds until it answers PING."""
         started = time.monotonic()
-        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        process = self.process = self.children.popen("redis", command, child_env())
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
-        try:
-            while True:
-                if process.poll() is not None:
-                    raise RuntimeError(f"redis-server exited with code {process.returncode}; see redis.log")
-                with contextlib.suppress(redis.RedisError):
-                    if client.ping():
-                        return time.monotonic() - started
-                time.sleep(0.02)
-        finally:
-            client.close()
+        self.process = start_redis(self.children, self.port)
+        return time.monotonic() - started
 
     def kill(self) -> None:
         """SIGKILL: no shutdown, no save; what a crashed or OOM-killed Redis does to its clients."""

@@ -49,13 +49,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
+from chaos import retry_after  # noqa: E402  (bench/chaos.py: a short Retry-After, at most 3 s)
 
 from tests.cluster.cluster import FAIL_TIMEOUT, Cluster, nginx_available  # noqa: E402
 from tests.scripted_upstream import fault_route, scripted_route, serve_scripted_upstream  # noqa: E402
 
 RETRYABLE = {"conn error", "timeout", "cut stream", "409", "429", "500", "502", "503", "504"}
 MAX_ATTEMPTS = 8  # over about 16 s: a turn held by a replica that died is taken over after 10 s (storage/processes.py)
-MAX_RETRY_AFTER = 3.0
 
 
 @dataclass
@@ -133,7 +133,7 @@ class Load:
                 turn.outcome = "refused"
                 return
             if response is not None:
-                wait = _retry_after(response) or wait
+                wait = retry_after(response) or wait
             if attempt + 1 < MAX_ATTEMPTS:
                 await asyncio.sleep(wait)
         turn.outcome = "gave up"
@@ -152,13 +152,6 @@ class Load:
             if not text.rstrip().endswith("data: [DONE]") or '"error"' in text:
                 return "cut stream", r
         return str(r.status_code), r
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    try:
-        return min(max(float(response.headers.get("retry-after", "")), 0.0), MAX_RETRY_AFTER)
-    except ValueError:
-        return None
 
 
 # --------------------------------------------------------------------------- the timeline

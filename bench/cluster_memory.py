@@ -33,7 +33,6 @@ import asyncio
 import json
 import os
 import random
-import subprocess
 import sys
 import time
 import uuid
@@ -43,15 +42,15 @@ from typing import Any
 
 import httpx
 from harness import (
-    ROOT,
+    WORDS,
     Children,
     add_common_args,
-    child_env,
     free_port,
     platform_env,
     run,
+    start_mock_upstream,
     start_platform,
-    wait_http,
+    start_redis,
 )
 from vs_litellm import resident_mib, serving_pid
 
@@ -59,12 +58,6 @@ from tests.postgres import fresh_postgres_database
 
 TABLES = ("conversations", "messages", "usage", "idempotency_keys")  # storage/tables.py
 MEMORY_PREFIX = "genai:memory:"  # memory.history.RedisMemory's key prefix
-WORDS = (
-    "the river stone garden window market winter letter forest engine harbor silver candle mountain village bridge "
-    "teacher morning island basket ladder thunder meadow lantern pocket orchard kettle compass blanket quiet old new "
-    "and of to in is was for with on at by from about under over between people city road school music story "
-    "light water paper table friend family summer history science language travel weather kitchen library"
-).split()
 
 
 def user_message(rng: random.Random, chars: int) -> str:
@@ -78,24 +71,6 @@ def user_message(rng: random.Random, chars: int) -> str:
 
 
 # --------------------------------------------------------------------------- Redis and PostgreSQL figures
-
-
-def start_redis(children: Children) -> str:
-    port = free_port()
-    command = ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no", "--bind", "127.0.0.1"]
-    process = children.popen("redis", command, child_env())
-    url = f"redis://127.0.0.1:{port}/0"
-    deadline = time.monotonic() + 30
-    while True:
-        if process.poll() is not None:
-            log = (children.workdir / "redis.log").read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"redis-server exited with code {process.returncode}\n{log}")
-        done = subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True)
-        if done.stdout.strip() == "PONG":
-            return url
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"redis-server on port {port} not ready within 30 s")
-        time.sleep(0.1)
 
 
 async def redis_figures(url: str) -> dict[str, Any]:
@@ -253,15 +228,10 @@ def warm_up(url: str, api_key: str | None) -> None:
 
 
 def measure(args: argparse.Namespace, children: Children, roots: dict[str, Path]) -> dict[str, Any]:
-    args.redis_url = start_redis(children)
-    upstream_port = free_port()
-    upstream_url = f"http://127.0.0.1:{upstream_port}"
-    upstream = children.popen(
-        "mock-upstream",
-        [sys.executable, str(ROOT / "bench" / "mock_upstream.py"), "--port", str(upstream_port)],
-        child_env(),
-    )
-    wait_http(f"{upstream_url}/v1/models", upstream, children.workdir / "mock-upstream.log")
+    redis_port = free_port()
+    start_redis(children, redis_port)
+    args.redis_url = f"redis://127.0.0.1:{redis_port}/0"
+    upstream_url, _ = start_mock_upstream(children)
     routes = [{"name": "mock", "base_url": f"{upstream_url}/v1", "max_retries": 0}]
     with fresh_postgres_database() as database_url:
         try:

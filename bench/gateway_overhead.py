@@ -43,20 +43,17 @@ from typing import Any
 
 import httpx
 import orjson
-
 from harness import (
-    ROOT,
     Children,
     add_common_args,
     check,
-    child_env,
     connection,
     free_port,
     percentile,
     platform_env,
     run,
+    start_mock_upstream,
     start_platform,
-    wait_http,
 )
 
 MEMORY_PREFIX = "genai:memory:"  # memory.history.RedisMemory's key prefix
@@ -209,12 +206,7 @@ def forwarded(platform: Target, upstream_url: str) -> dict[str, Any]:
 
 
 def measure(args: argparse.Namespace, children: Children, roots: dict[str, Path]) -> dict[str, Any]:
-    upstream_port = free_port()
-    upstream_url = f"http://127.0.0.1:{upstream_port}"
-    upstream = children.popen(
-        "mock-upstream", [sys.executable, str(ROOT / "bench" / "mock_upstream.py"), "--port", str(upstream_port)], child_env()
-    )
-    wait_http(f"{upstream_url}/v1/models", upstream, children.workdir / "mock-upstream.log")
+    upstream_url, upstream = start_mock_upstream(children)
     print(f"mock upstream   {upstream_url}  (pid {upstream.pid})")
     routes = [{"name": "mock", "base_url": f"{upstream_url}/v1", "max_retries": 0}]
 

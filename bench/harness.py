@@ -5,11 +5,12 @@ script's own folder is first on ``sys.path``). It puts the project root on ``sys
 too, for the benchmarks' imports of the platform's packages.
 
 * ``Children``: child processes in their own sessions, stopped in reverse order on exit,
-  exception, Ctrl-C or SIGTERM; ``free_port``, ``child_env``, ``wait_http``.
+  exception, Ctrl-C or SIGTERM; ``free_port``, ``child_env``, ``wait_http``; the benchmarks'
+  own ``redis-server`` (``start_redis``) and mock upstream (``start_mock_upstream``).
 * The platform: ``platform_source`` (the working tree, or a ``git archive`` of a ref),
   ``start_platform`` (``python -m server.cli serve``, after ``provision_key`` made an app
   and an API key in its fresh database, for either source layout).
-* The load client: ``connection`` (raw asyncio + httptools, or httpx), ``check``.
+* The load client: ``connection`` (raw asyncio + httptools, or httpx), ``check``; ``WORDS`` for made-up messages.
 * ``percentile``; ``add_common_args`` and ``run``, which prints the machine and the load,
   runs a benchmark among its children and keeps the logs when it fails.
 """
@@ -118,6 +119,50 @@ def child_env(**genai: str) -> dict[str, str]:
     env.update(genai)
     env.update(PYTHONUNBUFFERED="1", LANGSMITH_TRACING="false", LANGCHAIN_TRACING_V2="false")
     return env
+
+
+def start_redis(children: Children, port: int, timeout: float = 30.0) -> subprocess.Popen:
+    """A ``redis-server`` of the benchmark's own on ``port`` (keeping nothing on disk, so that it can be killed and
+    started again there empty), once it answers PING."""
+    import redis
+
+    command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    process = children.popen("redis", command, child_env())
+    client = redis.Redis(port=port, socket_connect_timeout=0.5)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            if process.poll() is not None:
+                log = (children.workdir / "redis.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"redis-server exited with code {process.returncode}\n{log}")
+            with contextlib.suppress(redis.RedisError):
+                if client.ping():
+                    return process
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"redis-server on port {port} not ready within {timeout:g} s")
+            time.sleep(0.02)
+    finally:
+        client.close()
+
+
+def start_mock_upstream(children: Children) -> tuple[str, subprocess.Popen]:
+    """``mock_upstream.py`` on a free port, answering; its base URL (``http://127.0.0.1:P``, the API under ``/v1``)
+    and its process."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, str(ROOT / "bench" / "mock_upstream.py"), "--port", str(port)]
+    process = children.popen("mock-upstream", command, child_env())
+    wait_http(f"{url}/v1/models", process, children.workdir / "mock-upstream.log")
+    return url, process
+
+
+# Words that user messages of the benchmarks are made of (seeded choices: the same text in every run).
+WORDS = (
+    "the river stone garden window market winter letter forest engine harbor silver candle mountain village bridge "
+    "teacher morning island basket ladder thunder meadow lantern pocket orchard kettle compass blanket quiet old new "
+    "and of to in is was for with on at by from about under over between people city road school music story "
+    "light water paper table friend family summer history science language travel weather kitchen library"
+).split()
 
 
 def wait_http(url: str, process: subprocess.Popen, log: Path, timeout: float = 90.0) -> None:

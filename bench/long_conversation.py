@@ -31,19 +31,13 @@ from typing import Any
 
 import httpx
 import orjson
-from harness import ROOT, Children, add_common_args, free_port, percentile, platform_env, run, start_platform
+from harness import ROOT, WORDS, Children, add_common_args, free_port, percentile, platform_env, run, start_platform
 
 # After harness, which puts the project root on sys.path.
 from chains.local_model import LOCAL_MODEL_NAME  # noqa: E402
 
 MODEL_PATH = ROOT / ".cache" / "models" / "gemma-3-270m-q4_k_m.gguf"
 TARGET_RATIO = 2.0
-WORDS = (
-    "the river stone garden window market winter letter forest engine harbor silver candle mountain village bridge "
-    "teacher morning island basket ladder thunder meadow lantern pocket orchard kettle compass blanket quiet old new "
-    "and of to in is was for with on at by from about under over between people city road school music story "
-    "light water paper table friend family summer history science language travel weather kitchen library"
-).split()
 LLAMA_URL = re.compile(r"local model ready at (http://127\.0\.0\.1:\d+/v1)")
 
 

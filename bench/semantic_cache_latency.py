@@ -29,7 +29,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from harness import ROOT, Children, add_common_args, child_env, free_port, platform_env, run, start_platform, wait_http
+from harness import (
+    ROOT,
+    Children,
+    add_common_args,
+    free_port,
+    platform_env,
+    run,
+    start_mock_upstream,
+    start_platform,
+)
 
 PAIRS = ROOT / "bench" / "data" / "cache_pairs.jsonl"
 EXACT_TARGET_MS = 3.0
@@ -51,14 +60,7 @@ def timed(client: httpx.Client, question: str, **extra: Any) -> tuple[float, str
 
 
 def measure(args: argparse.Namespace, children: Children, roots: dict[str, Path]) -> dict[str, Any]:
-    upstream_port = free_port()
-    upstream_url = f"http://127.0.0.1:{upstream_port}"
-    upstream = children.popen(
-        "mock-upstream",
-        [sys.executable, str(ROOT / "bench" / "mock_upstream.py"), "--port", str(upstream_port)],
-        child_env(),
-    )
-    wait_http(f"{upstream_url}/v1/models", upstream, children.workdir / "mock-upstream.log")
+    upstream_url, _ = start_mock_upstream(children)
     routes = [{"name": "mock", "base_url": f"{upstream_url}/v1", "max_retries": 0}]
     env = platform_env(args, children.workdir / "data", GENAI_MODEL_ROUTES=json.dumps(routes))
     url, api_key = start_platform(children, "platform", free_port(), env, roots["platform"])

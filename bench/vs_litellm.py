@@ -43,6 +43,7 @@ from harness import (
     percentile,
     platform_env,
     run,
+    start_mock_upstream,
     start_platform,
     wait_http,
 )
@@ -134,12 +135,7 @@ def resident_mib(pid: int) -> list[float]:
 
 def measure(args: argparse.Namespace, children: Children, roots: dict[str, Path]) -> dict[str, Any]:
     litellm = ensure_litellm(args.litellm_version)
-    upstream_port = free_port()
-    upstream_url = f"http://127.0.0.1:{upstream_port}"
-    upstream = children.popen(
-        "mock-upstream", [sys.executable, str(ROOT / "bench" / "mock_upstream.py"), "--port", str(upstream_port)], child_env()
-    )
-    wait_http(f"{upstream_url}/v1/models", upstream, children.workdir / "mock-upstream.log")
+    upstream_url, _ = start_mock_upstream(children)
     routes = [{"name": "mock", "base_url": f"{upstream_url}/v1", "max_retries": 0}]
     results: dict[str, Any] = {}
     created: list[str] = []
