@@ -248,6 +248,12 @@ def clear_of_window_edge(seconds: float = 5.0) -> None:
         time.sleep(left + 0.05)
 
 
+def outside_env() -> dict[str, str]:
+    """This process's environment without its GENAI_ settings and metrics directory: what a ``genai serve`` that a
+    test starts gets before the test's own settings."""
+    return {name: value for name, value in os.environ.items() if not name.startswith(("GENAI_", "PROMETHEUS_"))}
+
+
 @contextmanager
 def genai_serve(
     *args: str,

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -23,7 +22,7 @@ from server.gateway.cors import ALLOWED_HEADERS, EXPOSED_HEADERS, check_origin
 from server.settings import Settings
 from storage import Database
 from storage.tenants import TenantStore
-from tests.conftest import ADMIN_KEY, ROOT, LiveServer, table_cell
+from tests.conftest import ADMIN_KEY, ROOT, LiveServer, outside_env, table_cell
 from tests.test_errors import assert_error
 
 PLATFORM_WIDE = "https://console.example.com"  # GENAI_CORS_ORIGINS of the module's server
@@ -335,7 +334,7 @@ def test_the_platform_wide_setting_takes_json_or_commas(monkeypatch):
 
 @pytest.mark.slow  # subprocesses
 def test_a_bad_platform_wide_origin_stops_the_cli_with_one_line(tmp_path):
-    env = {name: value for name, value in os.environ.items() if not name.startswith(("GENAI_", "PROMETHEUS_"))}
+    env = outside_env()
     env.update(GENAI_DATA_DIR=str(tmp_path / "data"), GENAI_CORS_ORIGINS="https://app.example.com/")
     result = subprocess.run(
         [sys.executable, "-m", "server", "apps", "list"], cwd=ROOT, env=env, capture_output=True, text=True
@@ -356,7 +355,7 @@ def test_origins_are_checked_as_browsers_send_them():
 
 @pytest.mark.slow  # subprocesses
 def test_the_cli_sets_and_clears_an_apps_origins(tmp_path):
-    env = {name: value for name, value in os.environ.items() if not name.startswith(("GENAI_", "PROMETHEUS_"))}
+    env = outside_env()
     env.update(GENAI_DATA_DIR=str(tmp_path / "data"), GENAI_ADMIN_KEY=ADMIN_KEY, GENAI_DEFAULT_MODEL="x")
 
     def genai(*args: str) -> subprocess.CompletedProcess:

@@ -6,14 +6,13 @@ trains a few dozen steps."""
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import httpx
 import openai
 import pytest
 
-from tests.conftest import ADMIN_KEY, MODEL_PATH, genai_serve, serve_app_key
+from tests.conftest import ADMIN_KEY, MODEL_PATH, genai_serve, outside_env, serve_app_key
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +28,7 @@ FACTS = [
 
 
 def test_a_local_job_tunes_the_embedded_model_and_its_app_chats_with_it(tmp_path):
-    env = {name: value for name, value in os.environ.items() if not name.startswith(("GENAI_", "PROMETHEUS_"))}
+    env = outside_env()
     env.update(
         GENAI_DATA_DIR=str(tmp_path / "data"),
         GENAI_LOCAL_MODEL_PATH=str(MODEL_PATH),

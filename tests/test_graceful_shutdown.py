@@ -26,7 +26,7 @@ import pytest
 from chains.model_routes import ModelRoute
 from errors import APIError
 from server.shutdown import RunningChats
-from tests.conftest import ADMIN_KEY, genai_serve, serve_app_key
+from tests.conftest import ADMIN_KEY, genai_serve, outside_env, serve_app_key
 from tests.controlled_upstream import ControlledUpstream, controlled_upstream
 from tests.scripted_upstream import ScriptedUpstream, fault_route, serve_scripted_upstream
 
@@ -93,7 +93,7 @@ def stuck() -> Iterator[ControlledUpstream]:
 
 
 def serve_env(data_dir: Path, upstream: str, stuck: ControlledUpstream) -> dict[str, str]:
-    env = {name: value for name, value in os.environ.items() if not name.startswith(("GENAI_", "PROMETHEUS_"))}
+    env = outside_env()
     routes = [
         fault_route("slow", upstream, delay=0.5, timeout=120),
         fault_route("quick", upstream, delay=0.05, timeout=120),
@@ -297,7 +297,7 @@ def test_buffered_usage_records_are_written_on_a_graceful_stop_and_lost_in_a_cra
     """Usage records of stateless requests wait in the writer's buffer (a 60 s flush interval here): SIGTERM writes
     them before the process exits; SIGKILL loses them, as the README says a crash does."""
     data_dir = (tmp_path / "data").resolve()
-    env = {name: value for name, value in os.environ.items() if not name.startswith(("GENAI_", "PROMETHEUS_"))}
+    env = outside_env()
     env.update(
         GENAI_DATA_DIR=str(data_dir),
         GENAI_ADMIN_KEY=ADMIN_KEY,

@@ -7,7 +7,6 @@ answering everyone else at once. Limits: server/gateway/connection_limits.py."""
 from __future__ import annotations
 
 import json
-import os
 import select
 import socket
 import time
@@ -18,7 +17,7 @@ import httpx
 import pytest
 
 from chains.model_routes import ModelRoute
-from tests.conftest import ADMIN_KEY, genai_serve
+from tests.conftest import ADMIN_KEY, genai_serve, outside_env
 
 pytestmark = pytest.mark.slow  # subprocesses
 
@@ -31,7 +30,7 @@ CAP = 300  # the `capped` server's connections per worker
 def serving(tmp_path_factory, mock_upstream: str, **settings: str) -> Iterator[tuple[str, int]]:
     """`genai serve` on the mock upstream with ``settings``; yields (base URL, port)."""
     data_dir = tmp_path_factory.mktemp("hostile")
-    env = {name: value for name, value in os.environ.items() if not name.startswith(("GENAI_", "PROMETHEUS_"))}
+    env = outside_env()
     route = ModelRoute(name="mock", base_url=mock_upstream, max_retries=0, timeout=10)
     env.update(
         GENAI_DATA_DIR=str(data_dir / "data"),

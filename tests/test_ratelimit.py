@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import os
 import re
 import subprocess
 import sys
@@ -19,7 +18,15 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import ADMIN_KEY, MODEL_PATH, ROOT, clear_of_window_edge, genai_serve, serve_metrics_dir
+from tests.conftest import (
+    ADMIN_KEY,
+    MODEL_PATH,
+    ROOT,
+    clear_of_window_edge,
+    genai_serve,
+    outside_env,
+    serve_metrics_dir,
+)
 
 USER = {"role": "user", "content": "What is the capital of France?"}
 RESET = re.compile(r"^(?:(\d+)ms|(\d+)s|(\d+)m(\d+)s)$")
@@ -216,7 +223,7 @@ def test_limits_in_process_are_per_server(live_server, tmp_path, llama):
 
 
 def _serve_env(data_dir: Path, redis_url: str, llama_url: str) -> dict[str, str]:
-    env = {name: value for name, value in os.environ.items() if not name.startswith(("GENAI_", "PROMETHEUS_"))}
+    env = outside_env()
     env.update(
         GENAI_DATA_DIR=str(data_dir),
         GENAI_REDIS_URL=redis_url,

@@ -4,7 +4,6 @@ a bounded time for a database and Redis started at the same moment as itself."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -14,13 +13,13 @@ import pytest
 
 from chains.local_model_process import free_port
 from server.startup_errors import hide_password
-from tests.conftest import ROOT, genai_serve
+from tests.conftest import ROOT, genai_serve, outside_env
 
 pytestmark = pytest.mark.slow  # subprocesses
 
 
 def genai(*args: str, **settings: str) -> subprocess.CompletedProcess:
-    env = {name: value for name, value in os.environ.items() if not name.startswith(("GENAI_", "PROMETHEUS_"))}
+    env = outside_env()
     env.update(settings)
     return subprocess.run(
         [sys.executable, "-m", "server", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
@@ -72,7 +71,7 @@ def test_serve_gives_up_on_redis_after_its_wait(tmp_path):
 
 def test_serve_waits_for_a_redis_that_starts_after_it(tmp_path, mock_upstream):
     port = free_port()
-    env = {name: value for name, value in os.environ.items() if not name.startswith(("GENAI_", "PROMETHEUS_"))}
+    env = outside_env()
     env.update(
         GENAI_DATA_DIR=str(tmp_path / "data"),
         GENAI_REDIS_URL=f"redis://127.0.0.1:{port}/0",

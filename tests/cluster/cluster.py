@@ -34,6 +34,7 @@ import httpx
 from chains.local_model_process import free_port, stop_process
 from chains.model_routes import ModelRoute
 from memory.chroma import LocalChromaServer
+from tests.conftest import outside_env
 from tests.postgres import fresh_postgres_database
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,7 +50,7 @@ def nginx_available() -> bool:
 
 def clean_env() -> dict[str, str]:
     """This process's environment without any GENAI_ setting, metrics directory or tracing."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GENAI_", "PROMETHEUS_"))}
+    env = outside_env()
     env.update(PYTHONUNBUFFERED="1", LANGSMITH_TRACING="false", LANGCHAIN_TRACING_V2="false")
     return env
 
